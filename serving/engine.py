@@ -1,0 +1,82 @@
+"""The narrow backend interface: generate answers for a batch of (prompt, image) requests.
+
+Ray Data actors (evaluation), the Serve deployment and a vLLM backend all host an `Engine`; nothing above this
+layer knows which one runs.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from serving.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings; part of every result's key, so equal settings mean equal cached answers."""
+
+    max_tokens: int = 32
+    min_tokens: int = 0
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    image: Image.Image | None = None
+    params: SamplingParams = SamplingParams()
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+class Engine(abc.ABC):
+    """A loaded model that answers batches. Implementations group requests by `params` themselves."""
+
+    model_name: str
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """One answer per request, in request order."""
+
+
+ENGINES: Registry[type[Engine]] = Registry("engine backend")
+
+
+def model_fingerprint(model: str, revision: str | None = None) -> str:
+    """A short id that changes when the model changes: content of a local dir, or hub id + revision."""
+    path = Path(model).expanduser()
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if not f.is_file():
+                continue
+            h.update(str(f.relative_to(path)).encode())
+            if f.suffix in {".json", ".jinja", ".txt", ".model"} or f.stat().st_size < 1 << 20:
+                h.update(f.read_bytes())
+            else:  # weights: size plus head and tail bytes; hashing gigabytes on every run is not worth it
+                with f.open("rb") as fh:
+                    h.update(str(f.stat().st_size).encode())
+                    h.update(fh.read(1 << 20))
+                    fh.seek(-(1 << 20), 2)
+                    h.update(fh.read())
+    else:
+        h.update(json.dumps([model, revision]).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,140 @@
+"""The transformers backend: any LLaVA-family model id or local dir, batched generation with left padding.
+
+Runs everywhere (CPU, one or several GPUs per replica); vLLM replaces it on GPU clusters when installed.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from serving.engine import ENGINES, Engine, Generation, GenerationRequest, SamplingParams
+from serving.errors import EMTError
+
+FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"
+
+
+def pick_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
+    """CUDA with bf16 (fp16 on GPUs without bf16) when present, else fp32 on CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return device, torch.float32
+    try:
+        return device, getattr(torch, dtype)
+    except AttributeError:
+        raise EMTError(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16") from None
+
+
+def load_model_and_processor(model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None):
+    """Load processor + model with a clear error for a name that is neither a local dir nor a hub id."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device, torch_dtype = pick_device_and_dtype(device, dtype)
+    local = Path(model).expanduser()
+    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise EMTError(
+            f"model '{model}' is neither a local model directory nor a hub id like 'llava-hf/llava-1.5-7b-hf': "
+            "check the path, or make a tiny test model with `emt tiny-model DIR`"
+        )
+    source = str(local) if local.exists() else model
+    try:
+        processor = AutoProcessor.from_pretrained(source, revision=revision)
+        n_gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+        kwargs = {"device_map": "auto"} if n_gpus > 1 else {}
+        net = AutoModelForImageTextToText.from_pretrained(source, revision=revision, dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        raise EMTError(
+            f"cannot load model '{model}': {err}. Pass a local model directory, or a hub id on a machine that can "
+            "reach the hub (or whose HF cache holds it)"
+        ) from err
+    if not kwargs:
+        net = net.to(device)
+    net.eval()
+    tok = processor.tokenizer
+    tok.padding_side = "left"  # batched generation appends after the prompt: pad on the left
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return net, processor
+
+
+@ENGINES.register("transformers")
+class TransformersEngine(Engine):
+    """Hosts one model; `generate` runs requests in micro-batches of `max_batch_size`."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        revision: str | None = None,
+        max_batch_size: int = 32,
+        num_threads: int | None = None,
+    ) -> None:
+        if num_threads:  # Ray sets OMP_NUM_THREADS=1 in workers; a CPU replica should use the cores it was given
+            torch.set_num_threads(num_threads)
+            os.environ["OMP_NUM_THREADS"] = str(num_threads)
+        self.model_name = model
+        self.max_batch_size = max_batch_size
+        self.model, self.processor = load_model_and_processor(model, device=device, dtype=dtype, revision=revision)
+        self.device = next(self.model.parameters()).device
+        self.has_chat_template = getattr(self.processor, "chat_template", None) is not None
+        self.image_token = getattr(self.processor, "image_token", "<image>")
+
+    def render(self, request: GenerationRequest) -> str:
+        """The model's own chat format for one user turn (image first, as LLaVA is trained)."""
+        if not self.has_chat_template:
+            image = f"{self.image_token}\n" if request.image is not None else ""
+            return FALLBACK_TEMPLATE.format(image=image, prompt=request.prompt)
+        content = ([{"type": "image"}] if request.image is not None else []) + [{"type": "text", "text": request.prompt}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: (hash(requests[i].params), requests[i].image is None))
+        for (params, no_image), group in itertools.groupby(
+            order, key=lambda i: (requests[i].params, requests[i].image is None)
+        ):
+            idx = list(group)
+            for start in range(0, len(idx), self.max_batch_size):
+                chunk = idx[start : start + self.max_batch_size]
+                outs = self._generate_batch([requests[i] for i in chunk], params)
+                for i, out in zip(chunk, outs):
+                    results[i] = out
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        texts = [self.render(r) for r in batch]
+        images = [r.image.convert("RGB") for r in batch if r.image is not None] or None
+        inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        gen_kwargs = dict(max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens)
+        if params.greedy:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            torch.manual_seed(params.seed)
+            gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
+        out = self.model.generate(**inputs, **gen_kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = out[:, prompt_len:]
+        tok = self.processor.tokenizer
+        prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        results = []
+        for row, n_prompt in zip(new_tokens, prompt_counts):
+            ids = row.tolist()
+            finish = "length"
+            if tok.eos_token_id in ids:
+                ids = ids[: ids.index(tok.eos_token_id)]
+                finish = "stop"
+            ids = [t for t in ids if t != tok.pad_token_id]
+            text = tok.decode(ids, skip_special_tokens=True).strip()
+            results.append(Generation(text=text, prompt_tokens=int(n_prompt), completion_tokens=len(ids), finish_reason=finish))
+        return results
