@@ -14,29 +14,15 @@ from typing import Sequence
 
 from PIL import Image
 
+from serving.config import ModelConfig, SamplingParams
 from serving.registry import Registry
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """Decoding settings; part of every result's key, so equal settings mean equal cached answers."""
-
-    max_tokens: int = 32
-    min_tokens: int = 0
-    temperature: float = 0.0  # 0 -> greedy
-    top_p: float = 1.0
-    seed: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     image: Image.Image | None = None
-    params: SamplingParams = SamplingParams()
+    params: SamplingParams = dataclasses.field(default_factory=SamplingParams)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,3 +66,16 @@ def model_fingerprint(model: str, revision: str | None = None) -> str:
     else:
         h.update(json.dumps([model, revision]).encode())
     return h.hexdigest()[:16]
+
+
+def load_engine(model: ModelConfig, *, max_batch_size: int = 32, num_threads: int | None = None) -> Engine:
+    """Build the configured backend (looked up by name, with a did-you-mean error)."""
+    engine_cls = ENGINES.get(model.backend)
+    return engine_cls(
+        model.name,
+        device=model.device,
+        dtype=model.dtype,
+        revision=model.revision,
+        max_batch_size=max_batch_size,
+        num_threads=num_threads,
+    )

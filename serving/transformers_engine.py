@@ -11,7 +11,8 @@ from typing import Sequence
 
 import torch
 
-from serving.engine import ENGINES, Engine, Generation, GenerationRequest, SamplingParams
+from serving.config import SamplingParams
+from serving.engine import ENGINES, Engine, Generation, GenerationRequest
 from serving.errors import EMTError
 
 FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"

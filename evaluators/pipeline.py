@@ -1,0 +1,213 @@
+"""`emt eval` on Ray Data: read and decode on CPU tasks, generate on a pool of engine replicas, judge and write
+results on the driver as batches finish.
+
+    sampled rows --from_arrow--> decode_images (CPU tasks) --> EngineReplica (actor pool, GPUs)
+                 --iter_batches--> judge --> parts/*.parquet   (resume = skip keys already written)
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+from PIL import Image
+from tqdm import tqdm
+
+from evaluators.config import EvalConfig
+from evaluators.datasets import get_spec, load_split
+from evaluators.judges import JUDGES
+from evaluators.prompts import eval_prompt
+from evaluators.results import ResultStore
+from evaluators.summary import write_summary
+from serving.config import ModelConfig, SamplingParams
+from serving.engine import GenerationRequest, load_engine, model_fingerprint
+
+
+def sample_key(fingerprint: str, prompt: str, params: SamplingParams, dataset: str, sample_id: str,
+               image: bytes) -> str:
+    """What an answer depends on: model content, prompt, decoding settings and the sample (id and bytes)."""
+    h = hashlib.sha256()
+    for part in (fingerprint, prompt, params.model_dump_json(), dataset, sample_id):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(hashlib.sha256(image).digest())
+    return h.hexdigest()[:32]
+
+
+def decode_images(batch: pa.Table) -> pa.Table:
+    """Decode encoded images to raw RGB on CPU workers; a corrupt image becomes an error row, not a crash."""
+    pixels, heights, widths, errors = [], [], [], []
+    for data in batch.column("image").to_pylist():
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                rgb = img.convert("RGB")
+            pixels.append(rgb.tobytes())
+            widths.append(rgb.width)
+            heights.append(rgb.height)
+            errors.append(None)
+        except Exception as err:  # PIL raises many types for bad bytes; all mean "this image is unusable"
+            pixels.append(b"")
+            widths.append(0)
+            heights.append(0)
+            errors.append(f"corrupt image: {type(err).__name__}: {err}")
+    batch = batch.drop_columns(["image"])
+    return (batch.append_column("pixels", pa.array(pixels, pa.binary()))
+            .append_column("height", pa.array(heights, pa.int32()))
+            .append_column("width", pa.array(widths, pa.int32()))
+            .append_column("error", pa.array(errors, pa.string())))
+
+
+class EngineReplica:
+    """One model replica in Ray Data's actor pool: loads the engine once, answers whole batches."""
+
+    def __init__(self, model: dict, params: dict, batch_size: int, replicas: int) -> None:
+        import torch
+
+        threads = None if torch.cuda.is_available() else max(1, (os.cpu_count() or 1) // replicas)
+        self.engine = load_engine(ModelConfig(**model), max_batch_size=batch_size, num_threads=threads)
+        self.params = SamplingParams(**params)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.select(["prompt", "pixels", "height", "width", "error"]).to_pylist()
+        ok = [i for i, r in enumerate(rows) if r["error"] is None]
+        requests = [
+            GenerationRequest(
+                prompt=rows[i]["prompt"],
+                image=Image.frombytes("RGB", (rows[i]["width"], rows[i]["height"]), rows[i]["pixels"]),
+                params=self.params,
+            )
+            for i in ok
+        ]
+        outputs: list[str | None] = [None] * len(rows)
+        prompt_tokens, completion_tokens = [0] * len(rows), [0] * len(rows)
+        finish: list[str | None] = [None] * len(rows)
+        for i, gen in zip(ok, self.engine.generate(requests)):
+            outputs[i], prompt_tokens[i], completion_tokens[i], finish[i] = (
+                gen.text, gen.prompt_tokens, gen.completion_tokens, gen.finish_reason)
+        batch = batch.drop_columns(["pixels", "height", "width"])
+        return (batch.append_column("output", pa.array(outputs, pa.string()))
+                .append_column("prompt_tokens", pa.array(prompt_tokens, pa.int32()))
+                .append_column("completion_tokens", pa.array(completion_tokens, pa.int32()))
+                .append_column("finish_reason", pa.array(finish, pa.string())))
+
+
+@dataclass
+class DatasetWork:
+    """One dataset's sampled rows, their keys and prompt, and the judges that score its answers."""
+
+    name: str
+    classes: tuple[str, ...]
+    todo: pa.Table
+    keys: list[str]
+
+
+def prepare(cfg: EvalConfig, fingerprint: str, done: set[str]) -> list[DatasetWork]:
+    """Sample every dataset, key every row, and keep only rows with no stored result."""
+    work = []
+    for ds in cfg.datasets:
+        spec = get_spec(ds.name)
+        table = load_split(ds.name, split=ds.split, source=ds.source, limit=ds.limit, seed=ds.seed)
+        prompt = eval_prompt(spec.kind, spec.classes, sort=getattr(spec, "sort_prompt_labels", False))
+        ids, images = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
+        keys = [sample_key(fingerprint, prompt, cfg.generation, spec.name, s, b) for s, b in zip(ids, images)]
+        mask = pa.array([k not in done for k in keys])
+        n = len(keys)
+        table = (table.append_column("key", pa.array(keys))
+                 .append_column("dataset", pa.array([spec.name] * n))
+                 .append_column("split", pa.array([ds.split] * n))
+                 .append_column("prompt", pa.array([prompt] * n)))
+        work.append(DatasetWork(spec.name, spec.classes, table.filter(mask), keys))
+    return work
+
+
+def judge_rows(table: pa.Table, work: dict[str, DatasetWork], judges: dict[str, object]) -> pa.Table:
+    """Add label_name, correct and category (from the first judge) to finished rows, per dataset."""
+    labels = table.column("label").to_pylist()
+    outputs = table.column("output").to_pylist()
+    datasets = table.column("dataset").to_pylist()
+    errors = table.column("error").to_pylist()
+    correct: list[bool | None] = [None] * len(labels)
+    category: list[str] = ["error"] * len(labels)
+    for name in set(datasets):
+        idx = [i for i, d in enumerate(datasets) if d == name and errors[i] is None]
+        verdicts = judges[name].judge([labels[i] for i in idx], [outputs[i] for i in idx]) if idx else []
+        for i, v in zip(idx, verdicts):
+            correct[i], category[i] = v.correct, v.category
+    names = [work[d].classes[lab] for d, lab in zip(datasets, labels)]
+    return (table.append_column("label_name", pa.array(names))
+            .append_column("correct", pa.array(correct, pa.bool_()))
+            .append_column("category", pa.array(category)))
+
+
+def resolve_gpus(cfg: EvalConfig) -> float:
+    if cfg.compute.gpus_per_replica == "auto":
+        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return float(cfg.compute.gpus_per_replica)
+
+
+def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
+    """The streaming pipeline: decode on CPU tasks, generate on `replicas` actors."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one progress bar (ours, in images judged) instead of one per operator
+    chunk = max(1, cfg.compute.batch_size)
+    blocks = [todo.slice(i, chunk) for i in range(0, todo.num_rows, chunk)]
+    gpus = resolve_gpus(cfg)
+    return (
+        ray.data.from_arrow(blocks)
+        .map_batches(decode_images, batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        .map_batches(
+            EngineReplica,
+            fn_constructor_kwargs=dict(model=cfg.model.model_dump(), params=cfg.generation.model_dump(),
+                                       batch_size=cfg.compute.batch_size, replicas=cfg.compute.replicas),
+            compute=ray.data.ActorPoolStrategy(size=cfg.compute.replicas),
+            batch_size=cfg.compute.batch_size,
+            batch_format="pyarrow",
+            num_cpus=cfg.compute.cpus_per_replica,
+            num_gpus=gpus or None,
+        )
+    )
+
+
+def run_identity(cfg: EvalConfig, fingerprint: str) -> dict:
+    return {"model": cfg.model.name, "model_fingerprint": fingerprint, "backend": cfg.model.backend,
+            "generation": cfg.generation.model_dump()}
+
+
+def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
+    """Run (or resume) an evaluation; returns the summary also written to `cfg.out/summary.json`."""
+    fingerprint = model_fingerprint(cfg.model.name, cfg.model.revision)
+    store = ResultStore(cfg.out, run_identity(cfg, fingerprint))
+    work = {w.name: w for w in prepare(cfg, fingerprint, store.done_keys())}
+    judges = {w.name: JUDGES.get(cfg.judges[0])(w.classes, get_spec(w.name).kind) for w in work.values()}
+    todo = pa.concat_tables([w.todo for w in work.values()])
+    wanted = [k for w in work.values() for k in w.keys]
+    total = len(wanted)
+    bar = tqdm(total=total, initial=total - todo.num_rows, desc=f"eval {cfg.model.name}", unit="img",
+               disable=not progress, mininterval=1.0)
+    if todo.num_rows:
+        pending: list[pa.Table] = []
+        last_flush = time.monotonic()
+
+        def flush() -> None:
+            nonlocal pending, last_flush
+            if pending:
+                done = judge_rows(pa.concat_tables(pending), work, judges)
+                store.write_part(done.append_column("model", pa.array([cfg.model.name] * done.num_rows))
+                                 .append_column("model_fingerprint", pa.array([fingerprint] * done.num_rows)))
+                bar.update(done.num_rows)
+                pending, last_flush = [], time.monotonic()
+
+        for batch in build_dataset(cfg, todo).iter_batches(batch_format="pyarrow", batch_size=None):
+            pending.append(batch)
+            if sum(t.num_rows for t in pending) >= cfg.compute.flush_rows or time.monotonic() - last_flush > 10:
+                flush()
+        flush()
+    bar.close()
+    samples = store.consolidate(wanted)
+    return write_summary(cfg.out, samples, cfg.model.name, json.loads(cfg.model_dump_json()))

@@ -1,0 +1,98 @@
+"""Results on disk: parquet parts written as batches finish, keyed by content so a rerun recomputes nothing done.
+
+Layout of an output directory:
+  run.json            what the answers depend on (model fingerprint, backend, generation settings)
+  parts/*.parquet     one file per flush, named by uuid (never by worker rank)
+  samples.parquet     all parts merged, one row per (dataset, sample)
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from serving.errors import EMTError
+
+RUN_FILE = "run.json"
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class ResultStore:
+    """Append-only parts plus a manifest that refuses to mix results of different runs in one directory."""
+
+    def __init__(self, out: Path, identity: dict) -> None:
+        self.out = Path(out)
+        self.parts = self.out / "parts"
+        self._check_identity(identity)
+        self.parts.mkdir(parents=True, exist_ok=True)
+
+    def _check_identity(self, identity: dict) -> None:
+        run_file = self.out / RUN_FILE
+        if run_file.exists():
+            stored = json.loads(run_file.read_text())
+            diff = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
+            if diff:
+                shown = "; ".join(f"{k}: stored {stored.get(k)!r}, now {identity.get(k)!r}" for k in diff)
+                raise EMTError(
+                    f"output directory {self.out} holds the results of another run ({shown}). "
+                    "Use a new --out directory, or delete this one to start over"
+                )
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            raise EMTError(
+                f"output directory {self.out} is not empty and is not an EMT results directory (no {RUN_FILE}). "
+                "Use a new or empty --out directory"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(identity, indent=2, sort_keys=True), run_file)
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("part-*.parquet"))
+
+    def write_part(self, table: pa.Table) -> Path:
+        path = self.parts / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        atomic_write_parquet(table, path)
+        return path
+
+    def read_all(self) -> pa.Table | None:
+        """Every stored row, one per key (a key written twice keeps its last copy)."""
+        files = self.part_files()
+        if not files:
+            return None
+        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+        keys = table.column("key").to_pylist()
+        last = {k: i for i, k in enumerate(keys)}
+        if len(last) == len(keys):
+            return table
+        return table.take(sorted(last.values()))
+
+    def done_keys(self) -> set[str]:
+        files = self.part_files()
+        return {k for f in files for k in pq.read_table(f, columns=["key"]).column("key").to_pylist()}
+
+    def consolidate(self, keys: list[str]) -> pa.Table:
+        """Write samples.parquet with the stored rows of `keys` (this run's samples), sorted for reading."""
+        table = self.read_all()
+        if table is None:
+            raise EMTError(f"no results stored in {self.parts}: nothing to summarise")
+        table = table.filter(pa.compute.is_in(table.column("key"), value_set=pa.array(keys)))
+        table = table.sort_by([("dataset", "ascending"), ("sample_id", "ascending")])
+        atomic_write_parquet(table, self.out / "samples.parquet")
+        return table
