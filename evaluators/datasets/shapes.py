@@ -1,0 +1,100 @@
+"""A generated offline RGB dataset of simple shapes, so the object-prompt path can run with no download.
+
+Image i of a split has label i % len(SHAPES) and is drawn from an RNG seeded by (split, i): any subset of
+rows renders the same bytes without drawing the others.
+"""
+from __future__ import annotations
+
+import io
+import math
+import zlib
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageDraw
+
+from evaluators.datasets.raw import RawSplit, row_ids
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
+PER_CLASS = {"train": 200, "test": 50}
+SIZE = 32
+SCALE = 4  # drawn 4x larger, then downsampled: smooth edges at 32x32
+MIN_CONTRAST = 120  # luminance gap between shape and background, out of 255
+
+Point = tuple[float, float]
+
+
+def _polygon(cx: float, cy: float, radii: list[float], rotation: float) -> list[Point]:
+    """One vertex per entry of `radii`, evenly spaced in angle from the top (equal radii: a regular polygon)."""
+    n = len(radii)
+    return [
+        (cx + radius * math.sin(rotation + 2 * math.pi * k / n), cy - radius * math.cos(rotation + 2 * math.pi * k / n))
+        for k, radius in enumerate(radii)
+    ]
+
+
+def _luminance(colour: np.ndarray) -> float:
+    return float(colour @ np.array([0.299, 0.587, 0.114]))
+
+
+def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A random background and a random shape colour that stands out from it."""
+    while True:
+        background, shape = rng.integers(0, 256, size=(2, 3))
+        if abs(_luminance(background) - _luminance(shape)) >= MIN_CONTRAST:
+            return tuple(int(v) for v in background), tuple(int(v) for v in shape)
+
+
+def draw(name: str, rng: np.random.Generator) -> Image.Image:
+    """One 32x32 RGB image of shape `name` with random colours, size, position and (where it keeps the name) tilt."""
+    side = SIZE * SCALE
+    background, colour = _colours(rng)
+    image = Image.new("RGB", (side, side), background)
+    pen = ImageDraw.Draw(image)
+    r = rng.uniform(0.22, 0.42) * side
+    cx, cy = rng.uniform(r + 2, side - r - 2, size=2)
+    tilt = rng.uniform(-0.3, 0.3)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if name == "circle":
+        pen.ellipse(box, fill=colour)
+    elif name == "ring":
+        inner = r * rng.uniform(0.5, 0.7)
+        pen.ellipse(box, fill=colour)
+        pen.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=background)
+    elif name == "square":
+        h = r * 0.8
+        pen.rectangle((cx - h, cy - h, cx + h, cy + h), fill=colour)
+    elif name == "diamond":
+        pen.polygon(_polygon(cx, cy, [r, r * 0.7] * 2, 0.0), fill=colour)
+    elif name == "triangle":
+        pen.polygon(_polygon(cx, cy, [r] * 3, tilt), fill=colour)
+    elif name == "hexagon":
+        pen.polygon(_polygon(cx, cy, [r] * 6, tilt), fill=colour)
+    elif name == "star":
+        pen.polygon(_polygon(cx, cy, [r, r * 0.42] * 5, tilt), fill=colour)
+    elif name == "cross":
+        arm = r * rng.uniform(0.25, 0.35)
+        pen.rectangle((cx - arm, cy - r, cx + arm, cy + r), fill=colour)
+        pen.rectangle((cx - r, cy - arm, cx + r, cy + arm), fill=colour)
+    else:
+        raise ValueError(f"no drawing for shape '{name}'")
+    return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+
+
+def render(split: str, index: int) -> bytes:
+    """PNG bytes of row `index` of `split`: the same bytes on every call and machine."""
+    rng = np.random.default_rng([zlib.crc32(split.encode()), index])
+    buffer = io.BytesIO()
+    draw(SHAPES[index % len(SHAPES)], rng).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def generate(split: str) -> RawSplit:
+    """The shapes split `split`: PER_CLASS[split] images of every shape, labels cycling through SHAPES."""
+    n = PER_CLASS[split] * len(SHAPES)
+
+    def fetch(rows: np.ndarray) -> pa.Array:
+        return pa.array([render(split, int(i)) for i in rows], pa.binary())
+
+    labels = np.arange(n, dtype=np.int64) % len(SHAPES)
+    return RawSplit(labels=labels, sample_ids=row_ids(split, n), fetch=fetch)
