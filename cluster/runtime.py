@@ -21,5 +21,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             cpus = num_cpus or max(LOCAL_MIN_CPUS, os.cpu_count() or 1)
-            ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False)
+            ray.init(address="local", num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar says what Ray Data's INFO lines do
     return ray.cluster_resources()

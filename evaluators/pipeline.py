@@ -113,7 +113,7 @@ def prepare(cfg: EvalConfig, fingerprint: str, done: set[str]) -> list[DatasetWo
     for ds in cfg.datasets:
         spec = get_spec(ds.name)
         table = load_split(ds.name, split=ds.split, source=ds.source, limit=ds.limit, seed=ds.seed)
-        prompt = eval_prompt(spec.kind, spec.classes, sort=getattr(spec, "sort_prompt_labels", False))
+        prompt = eval_prompt(spec.kind, spec.classes, sort=spec.sort_prompt_labels)
         ids, images = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
         keys = [sample_key(fingerprint, prompt, cfg.generation, spec.name, s, b) for s, b in zip(ids, images)]
         mask = pa.array([k not in done for k in keys])

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from serving.errors import EMTError
 
 RUN_FILE = "run.json"
+LEADING_COLUMNS = ("dataset", "sample_id", "label", "label_name", "prompt", "output", "correct", "category", "error",
+                   "model")
 
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
@@ -94,5 +96,7 @@ class ResultStore:
             raise EMTError(f"no results stored in {self.parts}: nothing to summarise")
         table = table.filter(pa.compute.is_in(table.column("key"), value_set=pa.array(keys)))
         table = table.sort_by([("dataset", "ascending"), ("sample_id", "ascending")])
+        lead = [c for c in LEADING_COLUMNS if c in table.column_names]
+        table = table.select(lead + [c for c in table.column_names if c not in lead])
         atomic_write_parquet(table, self.out / "samples.parquet")
         return table

@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -43,7 +44,9 @@ class Engine(abc.ABC):
         """One answer per request, in request order."""
 
 
-ENGINES: Registry[type[Engine]] = Registry("engine backend")
+# Backends by name -> "module:Class", imported only when used (vllm is an optional extra on GPU nodes).
+ENGINES: Registry[str] = Registry("engine backend")
+ENGINES.register("transformers", "serving.transformers_engine:TransformersEngine")
 
 
 def model_fingerprint(model: str, revision: str | None = None) -> str:
@@ -70,7 +73,8 @@ def model_fingerprint(model: str, revision: str | None = None) -> str:
 
 def load_engine(model: ModelConfig, *, max_batch_size: int = 32, num_threads: int | None = None) -> Engine:
     """Build the configured backend (looked up by name, with a did-you-mean error)."""
-    engine_cls = ENGINES.get(model.backend)
+    module, cls = ENGINES.get(model.backend).split(":")
+    engine_cls = getattr(importlib.import_module(module), cls)
     return engine_cls(
         model.name,
         device=model.device,

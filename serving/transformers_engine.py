@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from serving.config import SamplingParams
-from serving.engine import ENGINES, Engine, Generation, GenerationRequest
+from serving.engine import Engine, Generation, GenerationRequest
 from serving.errors import EMTError
 
 FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"
@@ -64,7 +64,6 @@ def load_model_and_processor(model: str, *, device: str = "auto", dtype: str = "
     return net, processor
 
 
-@ENGINES.register("transformers")
 class TransformersEngine(Engine):
     """Hosts one model; `generate` runs requests in micro-batches of `max_batch_size`."""
 
