@@ -16,6 +16,7 @@ from typing import Sequence
 from PIL import Image
 
 from serving.config import ModelConfig, SamplingParams
+from serving.errors import EMTError
 from serving.registry import Registry
 
 
@@ -49,9 +50,22 @@ ENGINES: Registry[str] = Registry("engine backend")
 ENGINES.register("transformers", "serving.transformers_engine:TransformersEngine")
 
 
+def model_source(model: str) -> str:
+    """A local model directory (absolute) or a hub id; anything else is an error raised before work starts."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise EMTError(
+            f"model '{model}' is neither a local model directory nor a hub id like 'llava-hf/llava-1.5-7b-hf': "
+            "check the path, or make a tiny test model with `emt tiny-model DIR`"
+        )
+    return model
+
+
 def model_fingerprint(model: str, revision: str | None = None) -> str:
     """A short id that changes when the model changes: content of a local dir, or hub id + revision."""
-    path = Path(model).expanduser()
+    path = Path(model_source(model))
     h = hashlib.sha256()
     if path.is_dir():
         for f in sorted(path.rglob("*")):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from serving.config import SamplingParams
-from serving.engine import Engine, Generation, GenerationRequest
+from serving.engine import Engine, Generation, GenerationRequest, model_source
 from serving.errors import EMTError
 
 FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"
@@ -37,13 +36,7 @@ def load_model_and_processor(model: str, *, device: str = "auto", dtype: str = "
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     device, torch_dtype = pick_device_and_dtype(device, dtype)
-    local = Path(model).expanduser()
-    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise EMTError(
-            f"model '{model}' is neither a local model directory nor a hub id like 'llava-hf/llava-1.5-7b-hf': "
-            "check the path, or make a tiny test model with `emt tiny-model DIR`"
-        )
-    source = str(local) if local.exists() else model
+    source = model_source(model)
     try:
         processor = AutoProcessor.from_pretrained(source, revision=revision)
         n_gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
