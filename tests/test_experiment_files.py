@@ -1,0 +1,21 @@
+"""Every experiment file parses into the typed config and starts with the command that runs it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.config import parse_config
+from evaluators.config import EvalConfig
+from evaluators.datasets import get_spec
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("eval*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_eval_experiment_files_are_valid(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# emt ") and str(path.relative_to(path.parents[1])) in first
+    cfg = parse_config(EvalConfig, path, {})
+    for ds in cfg.datasets:
+        get_spec(ds.name)
