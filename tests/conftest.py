@@ -25,7 +25,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A real HF model directory of LLaVA architecture, built from a config with a locally trained tokenizer."""
-    from cluster.cli import tiny_model_corpus
+    from cluster.commands.models import tiny_model_corpus
     from serving.tiny_model import build_tiny_llava
 
     return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), tiny_model_corpus(), seed=0))
