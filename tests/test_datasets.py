@@ -286,7 +286,7 @@ def test_unknown_split_lists_the_valid_ones() -> None:
 
 def test_describe_lists_every_dataset() -> None:
     rows = {r["name"]: r for r in describe()}
-    assert set(rows) == {"mnist", "cifar10", "cifar100", "miniimagenet", "digits", "shapes"}
+    assert set(rows) == {"mnist", "cifar10", "cifar100", "miniimagenet", "digits", "shapes", "colors"}
     assert rows["cifar100"]["classes"] == 100 and rows["cifar100"]["source"] == "uoft-cs/cifar100"
     assert rows["mnist"]["kind"] == "number" and rows["shapes"]["kind"] == "object"
     assert all(r["description"] for r in rows.values())
@@ -353,3 +353,16 @@ def test_hub_online_downloads_only_the_split_files(tmp_path: Path, monkeypatch) 
     table = load_split("cifar100", "test")
     assert downloaded == ["cifar100/test-00000-of-00001.parquet"]
     assert table.column("label").to_pylist() == [0, 99]
+
+
+def test_colors_is_a_deterministic_offline_set() -> None:
+    a = load_split("colors", limit=30, seed=3)
+    b = load_split("colors", limit=30, seed=3)
+    assert a.equals(b) and a.num_rows == 30
+    assert sorted(set(a.column("label").to_pylist())) == list(range(10))
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(a.column("image")[0].as_py()))
+    assert img.size == (32, 32) and img.mode == "RGB"

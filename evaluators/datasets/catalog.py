@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from evaluators import classnames
-from evaluators.datasets import digits, shapes
+from evaluators.datasets import colors, digits, shapes
 from evaluators.datasets.spec import DatasetSpec
 from serving.registry import Registry
 
@@ -59,6 +59,16 @@ for _spec in (
             f"{shapes.PER_CLASS['train']}/{shapes.PER_CLASS['test']} per class in train/test (offline)."
         ),
         generate=shapes.generate,
+    ),
+    DatasetSpec(
+        name="colors",
+        classes=colors.NAMES,
+        kind="object",
+        description=(
+            f"Generated 32x32 colour swatches, {len(colors.NAMES)} colours, "
+            f"{colors.PER_CLASS['train']}/{colors.PER_CLASS['test']} per class in train/test (offline)."
+        ),
+        generate=colors.generate,
     ),
 ):
     DATASETS.register(_spec.name, _spec)

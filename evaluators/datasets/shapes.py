@@ -1,19 +1,16 @@
 """A generated offline RGB dataset of simple shapes, so the object-prompt path can run with no download.
 
-Image i of a split has label i % len(SHAPES) and is drawn from an RNG seeded by (split, i): any subset of
-rows renders the same bytes without drawing the others.
+Rows are drawn on demand by `evaluators.datasets.generated`.
 """
 from __future__ import annotations
 
-import io
 import math
-import zlib
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from evaluators.datasets.raw import RawSplit, row_ids
+from evaluators.datasets.generated import generated_split
+from evaluators.datasets.raw import RawSplit
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
 PER_CLASS = {"train": 200, "test": 50}
@@ -81,20 +78,6 @@ def draw(name: str, rng: np.random.Generator) -> Image.Image:
     return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 
-def render(split: str, index: int) -> bytes:
-    """PNG bytes of row `index` of `split`: the same bytes on every call and machine."""
-    rng = np.random.default_rng([zlib.crc32(split.encode()), index])
-    buffer = io.BytesIO()
-    draw(SHAPES[index % len(SHAPES)], rng).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def generate(split: str) -> RawSplit:
-    """The shapes split `split`: PER_CLASS[split] images of every shape, labels cycling through SHAPES."""
-    n = PER_CLASS[split] * len(SHAPES)
-
-    def fetch(rows: np.ndarray) -> pa.Array:
-        return pa.array([render(split, int(i)) for i in rows], pa.binary())
-
-    labels = np.arange(n, dtype=np.int64) % len(SHAPES)
-    return RawSplit(labels=labels, sample_ids=row_ids(split, n), fetch=fetch)
+    """The shapes split `split`: PER_CLASS[split] images of every shape."""
+    return generated_split(draw, SHAPES, "", PER_CLASS[split], split)
