@@ -30,10 +30,15 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_text(text: str, path: Path) -> None:
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """Readers see the old file or the new one, never half of one (a killed run leaves no torn file)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    atomic_write_bytes(text.encode(), path)
 
 
 class ResultStore:

@@ -1,0 +1,142 @@
+"""The global forgetting matrix of a tuning run, rebuilt from its stored per-checkpoint evaluations.
+
+Input (written by the tuning run):
+  DIR/evals/<row_id>/row.json                  what the row is: method, tuned dataset, epoch, trial, hyperparameters
+  DIR/evals/<row_id>/<eval_dataset>/summary.json  an `emt eval` summary of that one dataset
+Output: matrix.parquet and matrix.csv (long form, one row per checkpoint x eval dataset), metrics.csv and
+matrix.md. Everything comes from the stored files and is sorted by content, so a rebuild gives identical files.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from evaluators.forgetting import METHODS, ROW_FIELDS, ROW_SCHEMA, grid, metrics, row_sort_key
+from evaluators.judges import CATEGORIES, JUDGE_FAILED
+from evaluators.results import atomic_write_parquet, atomic_write_text
+from evaluators.tables import best_table, formulas_markdown, markdown, matrix_table, metrics_table
+from serving.errors import EMTError
+
+RESULT_SCHEMA = pa.schema([("eval_dataset", pa.string()), ("accuracy", pa.float64()), ("ci_low", pa.float64()),
+                           ("ci_high", pa.float64()), ("n", pa.int64()), ("correct", pa.int64()),
+                           *((c, pa.int64()) for c in CATEGORIES if c != "correct"), ("errors", pa.int64())])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise EMTError(f"cannot read {path}: {err}. Rerun the evaluation that writes it") from err
+
+
+def read_row(row_dir: Path) -> dict:
+    """row.json, checked: the matrix cannot place a row without its method, tuned dataset and epoch."""
+    path = row_dir / "row.json"
+    row = _read_json(path)
+    if row.get("model") != row_dir.name:
+        raise EMTError(f"{path} names model {row.get('model')!r} but lies in {row_dir.name}/: they must match")
+    if row.get("method") not in METHODS:
+        raise EMTError(f"{path}: method {row.get('method')!r} is not one of {', '.join(METHODS)}")
+    if row["method"] != "base" and (not row.get("train_dataset") or not isinstance(row.get("epoch"), int)):
+        raise EMTError(f"{path}: a {row['method']} row needs train_dataset and an integer epoch")
+    if row["method"] != "base" and not row.get("trial_id"):
+        row["trial_id"] = row["model"]  # no trial named: the row is a trial of its own
+    return row
+
+
+def read_result(path: Path) -> dict:
+    """One cell: the accuracy, its Wilson interval and category counts of one eval dataset."""
+    name = path.parent.name
+    d = _read_json(path).get("datasets", {}).get(name)
+    if d is None:
+        raise EMTError(f"{path} has no results for dataset {name!r}, the directory it lies in")
+    cats = d.get("categories", {})
+    undecided = {JUDGE_FAILED: d[JUDGE_FAILED]} if JUDGE_FAILED in d else {}  # summaries of model judges have it
+    return {"eval_dataset": name, "accuracy": d["accuracy"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1],
+            "n": d["n"], "correct": d["correct"], **{c: cats.get(c) for c in CATEGORIES if c != "correct"},
+            "errors": d["errors"], **undecided}
+
+
+def _column(values: list) -> pa.Array:
+    """Hyperparameter values as one typed column; lists, dicts and mixed kinds become JSON text (CSV-safe)."""
+    try:
+        array = pa.array(values)
+        if not pa.types.is_nested(array.type):
+            return array
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    return pa.array([None if v is None else json.dumps(v, sort_keys=True) for v in values], pa.string())
+
+
+def collect(run_dir: str | Path) -> pa.Table:
+    """The long-form matrix: one row per (checkpoint, eval dataset) that has a stored summary.
+
+    A row directory without row.json is still being set up and is left out; a missing summary is a missing cell.
+    """
+    evals = Path(run_dir) / "evals"
+    records = []
+    for row_dir in sorted(p for p in evals.glob("*") if (p / "row.json").is_file()):
+        row = read_row(row_dir)
+        hps = {f"hp_{k}": v for k, v in (row.get("hyperparameters") or {}).items()}
+        for path in sorted(row_dir.glob("*/summary.json")):
+            records.append({**{k: row.get(k) for k in ROW_FIELDS}, "hp": hps, **read_result(path)})
+    if not records:
+        raise EMTError(f"no evaluation results under {evals}: expected evals/<row>/row.json and "
+                       "evals/<row>/<eval_dataset>/summary.json, as a tuning run writes them")
+    records.sort(key=lambda r: (row_sort_key(r), r["eval_dataset"]))
+    hp_names = sorted({k for r in records for k in r["hp"]})
+    extra = [JUDGE_FAILED] if any(JUDGE_FAILED in r for r in records) else []
+    columns = {f.name: pa.array([r.get(f.name) for r in records], f.type) for f in [*ROW_SCHEMA, *RESULT_SCHEMA]}
+    columns |= {k: _column([r["hp"].get(k) for r in records]) for k in hp_names}
+    columns |= {k: pa.array([r.get(k) for r in records], pa.int64()) for k in extra}
+    order = [*ROW_FIELDS, *hp_names, *RESULT_SCHEMA.names, *extra]
+    return pa.table({k: columns[k] for k in order})
+
+
+def csv_text(table: pa.Table) -> str:
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf)
+    return buf.getvalue().decode()
+
+
+def render_markdown(name: str, table: pa.Table, metrics_tbl: pa.Table, weight: float) -> str:
+    g = grid(table)
+    return "\n".join([
+        f"# Forgetting matrix: {name}",
+        "",
+        "Accuracy (%) on each evaluation dataset (columns) of the base model and of every fine-tuned checkpoint "
+        "(rows: method, dataset tuned on, epoch). An empty cell has no stored result (yet).",
+        "",
+        markdown(matrix_table(g)),
+        "",
+        "## Forgetting metrics (percentage points)",
+        "",
+        markdown(metrics_table(metrics_tbl, g.datasets)),
+        "",
+        formulas_markdown(),
+        "",
+        "## Best checkpoint under each objective",
+        "",
+        markdown(best_table(metrics_tbl, weight)),
+        "",
+    ])
+
+
+def write_tables(run_dir: Path, table: pa.Table, weight: float) -> dict[str, Path]:
+    """matrix.parquet, matrix.csv, metrics.csv and matrix.md of a collected table; `weight` is the trade-off's."""
+    metrics_tbl = metrics(table)
+    paths = {name: run_dir / name for name in ("matrix.parquet", "matrix.csv", "metrics.csv", "matrix.md")}
+    atomic_write_parquet(table, paths["matrix.parquet"])
+    atomic_write_text(csv_text(table), paths["matrix.csv"])
+    atomic_write_text(csv_text(metrics_tbl), paths["metrics.csv"])
+    atomic_write_text(render_markdown(run_dir.resolve().name, table, metrics_tbl, weight), paths["matrix.md"])
+    return paths
+
+
+def write_matrix(run_dir: str | Path, weight: float = 1.0) -> dict[str, Path]:
+    """Rebuild the matrix files of DIR from its stored evaluations."""
+    return write_tables(Path(run_dir), collect(run_dir), weight)

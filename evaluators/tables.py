@@ -1,0 +1,89 @@
+"""The matrix, metric and best-row tables as one layout (header + text rows), rendered to Markdown or HTML.
+
+Keeping one layout means matrix.md and report.html can never disagree on a number.
+"""
+from __future__ import annotations
+
+import re
+from html import escape
+
+import pyarrow as pa
+
+from evaluators.forgetting import FORMULAS, NOTATION, OBJECTIVES, Grid, best_trials
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}"
+
+
+def pp(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:+.2f}"
+
+
+def matrix_table(g: Grid) -> Table:
+    """The paper's layout: one row per checkpoint (base first), one column per eval dataset, accuracy %."""
+    rows = [[r["label"], *(pct(g.acc.get((r["model"], j))) for j in g.datasets)] for r in g.rows]
+    return ["run", *g.datasets], rows
+
+
+def metrics_table(metrics: pa.Table, datasets: list[str]) -> Table:
+    headers = ["run", "gain", *(f"drop {j}" for j in datasets), "mean forgetting", "Chaudhry forgetting", "BWT"]
+    keys = ["gain", *(f"drop_{j}" for j in datasets), "mean_forgetting", "chaudhry_forgetting", "bwt"]
+    return headers, [[r["label"], *(pp(r[k]) for k in keys)] for r in metrics.to_pylist()]
+
+
+def objective_name(objective: str, weight: float) -> str:
+    return {"gain": "gain (highest gain)",
+            "forgetting": "forgetting (lowest mean forgetting among rows that gained)",
+            "tradeoff": f"tradeoff (gain - {weight:g} x mean forgetting)"}[objective]
+
+
+def hyperparameters(row: dict) -> str:
+    return ", ".join(f"{k[3:]}={v}" for k, v in row.items() if k.startswith("hp_") and v is not None)
+
+
+def best_table(metrics: pa.Table, weight: float) -> Table:
+    """The best checkpoint under each objective (see forgetting.objective_score), or 'none' without a candidate."""
+    headers = ["objective", "best run", "gain", "mean forgetting", "score", "hyperparameters"]
+    rows = []
+    for objective in OBJECTIVES:
+        ranked = best_trials(metrics, objective, weight).to_pylist()
+        if ranked:
+            b = ranked[0]
+            rows.append([objective_name(objective, weight), b["label"], pp(b["gain"]), pp(b["mean_forgetting"]),
+                         pp(b["score"]), hyperparameters(b)])
+        else:
+            rows.append([objective_name(objective, weight), "none (no candidate row)", "", "", "", ""])
+    return headers, rows
+
+
+def _numeric(table: Table) -> list[bool]:
+    """Columns to right-align: every non-empty cell a number (the row names and hyperparameters stay left)."""
+    headers, rows = table
+    return [all(re.fullmatch(r"[+-]?[0-9.]+", r[k]) for r in rows if r[k]) for k in range(len(headers))]
+
+
+def markdown(table: Table) -> str:
+    headers, rows = table
+    align = "|" + "".join("---:|" if num else "---|" for num in _numeric(table))
+    return "\n".join(["| " + " | ".join(headers) + " |", align, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def html(table: Table) -> str:
+    headers, rows = table
+    cls = ['' if num else ' class="text"' for num in _numeric(table)]
+    head = "".join(f"<th{c}>{escape(h)}</th>" for c, h in zip(cls, headers))
+    body = "".join("<tr>" + "".join(f"<td{c}>{escape(v)}</td>" for c, v in zip(cls, r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def formulas_markdown() -> str:
+    return NOTATION + ".\n\n" + "\n".join(f"- **{name}**: `{formula}`. {note}." for name, formula, note in FORMULAS)
+
+
+def formulas_html() -> str:
+    items = "".join(f"<li><b>{escape(name)}</b>: <code>{escape(formula)}</code>. {escape(note)}.</li>"
+                    for name, formula, note in FORMULAS)
+    return f"<p>{escape(NOTATION)}.</p><ul>{items}</ul>"
