@@ -1,9 +1,10 @@
 """Typed config sections owned by the serving layer; `cluster.config` composes them into an experiment config."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -13,8 +14,12 @@ class StrictModel(BaseModel):
 
 
 class ModelConfig(StrictModel):
-    name: str = Field(description="HF hub id (llava-hf/llava-1.5-7b-hf) or a local model directory")
-    backend: str = Field("transformers", description="engine backend: transformers | vllm")
+    name: str = Field(description="HF hub id or local model dir; for serve/openai backends, the served model name")
+    backend: str = Field("transformers", description="engine backend: transformers | serve | openai")
+    endpoint: str | None = Field(None, description="openai backend: base URL of an OpenAI-compatible server")
+    api_key: SecretStr | None = Field(None, description="openai backend: API key (never written to results)")
+    app: str = Field("emt", description="serve backend: name of the running Serve application")
+    concurrency: int = Field(16, ge=1, description="serve/openai backends: requests in flight per caller")
     revision: str | None = None
     dtype: str = "auto"
     device: str = "auto"
@@ -27,7 +32,7 @@ class SamplingParams(StrictModel):
     min_tokens: int = Field(0, ge=0)
     temperature: float = Field(0.0, ge=0.0)  # 0 -> greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: int | None = 0  # None: sampled decoding draws from the process's RNG, not reseeded per batch
 
     @property
     def greedy(self) -> bool:
@@ -43,3 +48,59 @@ class ReplicaConfig(StrictModel):
     )
     cpus_per_replica: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1, description="images per generate() call on a replica")
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+class ServeConfig(StrictModel):
+    """One `emt serve` application: the base model, its adapters, replicas, and the limits on what clients send."""
+
+    model: ModelConfig
+    replicas: int = Field(1, ge=1, description="fixed replica count; give min/max_replicas instead to autoscale")
+    min_replicas: int | None = Field(None, ge=0, description="autoscaling lower bound; needs max_replicas")
+    max_replicas: int | None = Field(None, ge=1, description="autoscaling upper bound; needs min_replicas")
+    gpus_per_replica: float | Literal["auto"] = Field("auto", description="auto = 1 when the cluster has GPUs, else 0")
+    cpus_per_replica: float = Field(0.5, gt=0, description="logical CPUs; fractional so replicas fit a laptop's Ray")
+    api_key: SecretStr | None = Field(None, description="clients must send `Authorization: Bearer KEY`")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    adapters: dict[str, str] = Field(default_factory=dict, description="adapter name -> LoRA or projector checkpoint dir")
+    adapters_dir: str | None = Field(None, description="every adapter dir under it, named by its relative path")
+    max_adapters_per_replica: int = Field(8, ge=1, description="LRU cache of loaded adapters on each replica")
+    allowed_image_dirs: list[str] = Field(default_factory=list, description="local image files are read only here")
+    max_batch_size: int = Field(16, ge=1, description="concurrent requests a replica answers in one generate call")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, description="how long a replica waits to fill a batch")
+    max_image_bytes: int = Field(10 << 20, gt=0)
+    max_image_pixels: int = Field(4096 * 4096, gt=0)
+    max_prompt_tokens: int = Field(4096, gt=0, description="prompt tokens (image tokens included) per request")
+    max_completion_tokens: int = Field(1024, gt=0, description="the largest max_tokens a client may ask for")
+    app_name: str = "emt"
+    route_prefix: str = "/"
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("adapters_dir", "allowed_image_dirs", "adapters")
+    @classmethod
+    def _absolute_paths(cls, value):
+        """Replicas may run in another working directory (or on another node with the same shared paths)."""
+        if isinstance(value, dict):
+            return {name: _absolute(p) for name, p in value.items()}
+        if isinstance(value, list):
+            return [_absolute(p) for p in value]
+        return None if value is None else _absolute(value)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "ServeConfig":
+        bounds = (self.min_replicas, self.max_replicas)
+        if (bounds[0] is None) != (bounds[1] is None):
+            raise ValueError("give both min_replicas and max_replicas (autoscaling) or neither (fixed replicas)")
+        if bounds[0] is not None and bounds[0] > bounds[1]:
+            raise ValueError(f"min_replicas ({bounds[0]}) is larger than max_replicas ({bounds[1]})")
+        if bounds[0] is not None and "replicas" in self.model_fields_set:
+            raise ValueError("give replicas (fixed) or min_replicas/max_replicas (autoscaling), not both")
+        return self

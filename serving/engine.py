@@ -25,6 +25,7 @@ class GenerationRequest:
     prompt: str
     image: Image.Image | None = None
     params: SamplingParams = dataclasses.field(default_factory=SamplingParams)
+    adapter: str | None = None  # a loaded adapter's name (see Engine.load_adapter); None = the base model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,18 +37,42 @@ class Generation:
 
 
 class Engine(abc.ABC):
-    """A loaded model that answers batches. Implementations group requests by `params` themselves."""
+    """A loaded model that answers batches. Implementations group requests by `params` and `adapter` themselves."""
 
     model_name: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, model: ModelConfig, *, max_batch_size: int, num_threads: int | None) -> "Engine":
+        """Build from the typed model config (each backend reads the fields it needs)."""
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """One answer per request, in request order."""
 
+    def load_adapter(self, name: str, path: str) -> None:
+        """Make a fine-tuned variant (see serving.adapters) answerable as `GenerationRequest(adapter=name)`.
+
+        The base weights stay loaded and unchanged: serving many checkpoints costs one base model plus small deltas.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot load adapters")
+
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter loaded with `load_adapter` (a server's per-replica cache evicts with this)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load adapters")
+
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        """How many tokens `request`'s prompt (image included) costs, so a server can refuse one before batching it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count prompt tokens")
+
+
+REMOTE_BACKENDS = ("openai", "serve")  # the model runs elsewhere: callers need no GPU and no weights
 
 # Backends by name -> "module:Class", imported only when used (vllm is an optional extra on GPU nodes).
 ENGINES: Registry[str] = Registry("engine backend")
 ENGINES.register("transformers", "serving.transformers_engine:TransformersEngine")
+ENGINES.register("openai", "serving.remote_engines:OpenAIEngine")
+ENGINES.register("serve", "serving.remote_engines:ServeEngine")
 
 
 def model_source(model: str) -> str:
@@ -89,11 +114,12 @@ def load_engine(model: ModelConfig, *, max_batch_size: int = 32, num_threads: in
     """Build the configured backend (looked up by name, with a did-you-mean error)."""
     module, cls = ENGINES.get(model.backend).split(":")
     engine_cls = getattr(importlib.import_module(module), cls)
-    return engine_cls(
-        model.name,
-        device=model.device,
-        dtype=model.dtype,
-        revision=model.revision,
-        max_batch_size=max_batch_size,
-        num_threads=num_threads,
-    )
+    return engine_cls.from_config(model, max_batch_size=max_batch_size, num_threads=num_threads)
+
+
+def engine_fingerprint(model: ModelConfig) -> str:
+    """What answers depend on: the model's content when it is loaded here, its address when it runs elsewhere."""
+    if model.backend in REMOTE_BACKENDS:
+        where = model.endpoint if model.backend == "openai" else model.app
+        return hashlib.sha256(json.dumps([model.backend, where, model.name]).encode()).hexdigest()[:16]
+    return model_fingerprint(model.name, model.revision)

@@ -4,15 +4,18 @@ Runs everywhere (CPU, one or several GPUs per replica); vLLM replaces it on GPU 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from serving.config import SamplingParams
+from serving.adapters import adapter_kind, load_projector_state, projector_module
+from serving.config import ModelConfig, SamplingParams
 from serving.engine import Engine, Generation, GenerationRequest, model_source
-from serving.errors import EMTError
+from serving.errors import EMTError, UnknownNameError
 
 FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"
 
@@ -58,7 +61,12 @@ def load_model_and_processor(model: str, *, device: str = "auto", dtype: str = "
 
 
 class TransformersEngine(Engine):
-    """Hosts one model; `generate` runs requests in micro-batches of `max_batch_size`."""
+    """Hosts one model; `generate` runs requests in micro-batches of `max_batch_size`, one adapter at a time.
+
+    LoRA adapters live inside one peft wrapper around the base (switched with `set_adapter`, bypassed with
+    `disable_adapter` for base requests); projector checkpoints are state dicts copied into the base projector for
+    their group and copied back out after it.
+    """
 
     def __init__(
         self,
@@ -79,6 +87,82 @@ class TransformersEngine(Engine):
         self.device = next(self.model.parameters()).device
         self.has_chat_template = getattr(self.processor, "chat_template", None) is not None
         self.image_token = getattr(self.processor, "image_token", "<image>")
+        self._peft = None  # peft.PeftModel around self.model once a LoRA adapter is loaded
+        self._lora_ids: dict[str, str] = {}  # adapter name -> peft adapter id (peft forbids "." and "/" in ids)
+        self._projectors: dict[str, dict[str, torch.Tensor]] = {}
+        self._base_projector: dict[str, torch.Tensor] = {}
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted([*self._lora_ids, *self._projectors])
+
+    def load_adapter(self, name: str, path: str) -> None:
+        if name in self.adapters:
+            raise EMTError(f"adapter '{name}' is already loaded")
+        if adapter_kind(path) == "projector":
+            self._projectors[name] = self._checked_projector_state(name, path)
+            return
+        from peft import PeftModel
+
+        peft_id = "lora_" + hashlib.sha1(name.encode()).hexdigest()[:16]
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=peft_id)
+            else:
+                self._peft.load_adapter(path, adapter_name=peft_id)
+        except (ValueError, KeyError, RuntimeError, OSError) as err:
+            raise EMTError(f"cannot load LoRA adapter '{name}' from {path} onto {self.model_name}: {err}") from err
+        self._lora_ids[name] = peft_id
+
+    def _checked_projector_state(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        base = projector_module(self.model).state_dict()
+        state = load_projector_state(path)
+        if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in base.items()}:
+            raise EMTError(f"projector checkpoint '{name}' ({path}) does not fit the projector of {self.model_name}")
+        if not self._base_projector:
+            self._base_projector = {k: v.detach().clone() for k, v in base.items()}
+        return {k: v.to(device=base[k].device, dtype=base[k].dtype) for k, v in state.items()}
+
+    def unload_adapter(self, name: str) -> None:
+        if name in self._projectors:
+            del self._projectors[name]
+        elif name in self._lora_ids:
+            self._peft.delete_adapter(self._lora_ids.pop(name))
+            if not self._peft.peft_config:  # the last LoRA gone: take the wrapper out, the base is as loaded
+                self._peft.unload()
+                self._peft = None
+        else:
+            raise UnknownNameError(f"adapter '{name}' is not loaded; loaded: {self.adapters}")
+
+    @contextlib.contextmanager
+    def _adapter_active(self, name: str | None) -> Iterator[None]:
+        """Run the body with exactly adapter `name` in effect (None = the base weights)."""
+        if name is not None and name not in self.adapters:
+            raise UnknownNameError(f"adapter '{name}' is not loaded; loaded: {self.adapters}")
+        if name in self._lora_ids:
+            self._peft.set_adapter(self._lora_ids[name])
+            yield
+            return
+        lora_off = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
+        with lora_off:
+            if name is None:
+                yield
+                return
+            proj = projector_module(self.model)
+            proj.load_state_dict(self._projectors[name])
+            try:
+                yield
+            finally:
+                proj.load_state_dict(self._base_projector)
+
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        images = [request.image.convert("RGB")] if request.image is not None else None
+        return int(self.processor(images=images, text=[self.render(request)], return_tensors="pt")["input_ids"].shape[1])
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, *, max_batch_size: int, num_threads: int | None) -> "TransformersEngine":
+        return cls(model.name, device=model.device, dtype=model.dtype, revision=model.revision,
+                   max_batch_size=max_batch_size, num_threads=num_threads)
 
     def render(self, request: GenerationRequest) -> str:
         """The model's own chat format for one user turn (image first, as LLaVA is trained)."""
@@ -90,16 +174,18 @@ class TransformersEngine(Engine):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         results: list[Generation | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: (hash(requests[i].params), requests[i].image is None))
-        for (params, no_image), group in itertools.groupby(
-            order, key=lambda i: (requests[i].params, requests[i].image is None)
-        ):
+        def key(i: int) -> tuple:
+            return requests[i].params, requests[i].adapter or "", requests[i].image is None
+
+        order = sorted(range(len(requests)), key=lambda i: (hash(requests[i].params), *key(i)[1:]))
+        for (params, adapter, _), group in itertools.groupby(order, key=key):
             idx = list(group)
-            for start in range(0, len(idx), self.max_batch_size):
-                chunk = idx[start : start + self.max_batch_size]
-                outs = self._generate_batch([requests[i] for i in chunk], params)
-                for i, out in zip(chunk, outs):
-                    results[i] = out
+            with self._adapter_active(adapter or None):
+                for start in range(0, len(idx), self.max_batch_size):
+                    chunk = idx[start : start + self.max_batch_size]
+                    outs = self._generate_batch([requests[i] for i in chunk], params)
+                    for i, out in zip(chunk, outs):
+                        results[i] = out
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -113,7 +199,8 @@ class TransformersEngine(Engine):
         if params.greedy:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            torch.manual_seed(params.seed)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
             gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
         out = self.model.generate(**inputs, **gen_kwargs)
         prompt_len = inputs["input_ids"].shape[1]

@@ -1,0 +1,100 @@
+"""The two fine-tuned checkpoint formats a server loads on top of one base model, and where to find them by name.
+
+The tuning issue writes them, the server and the evaluation load them:
+- LoRA: a standard peft adapter directory (`adapter_config.json` + `adapter_model.safetensors`); the projector may
+  ride along in `modules_to_save`. Loading it leaves the base weights untouched.
+- projector-only: `emt_adapter.json` ({"kind": "projector", "base_model": ..., ...}) + `projector.safetensors`, the
+  state dict of the LLaVA projector (a few MB against GBs for the model), swapped in per batch.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from serving.errors import EMTError, UnknownNameError
+
+LORA_CONFIG = "adapter_config.json"
+PROJECTOR_META = "emt_adapter.json"
+PROJECTOR_WEIGHTS = "projector.safetensors"
+AdapterKind = Literal["lora", "projector"]
+
+
+def projector_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The LLaVA projector of an HF model (transformers 5 nests it under `.model`); under a peft wrapper created
+    by `modules_to_save`, the base copy, which is the one in use when no LoRA adapter is active."""
+    proj = getattr(model, "multi_modal_projector", None) or model.model.multi_modal_projector
+    return getattr(proj, "original_module", proj)
+
+
+def save_projector_checkpoint(model: torch.nn.Module, out_dir: str | Path, base_model: str, extra: dict | None = None) -> Path:
+    """Write a projector-only checkpoint of an HF LLaVA model; `extra` (trial, step, metrics) goes into the JSON."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in projector_module(model).state_dict().items()}
+    save_file(state, str(out / PROJECTOR_WEIGHTS))
+    meta = {**(extra or {}), "kind": "projector", "base_model": base_model}
+    (out / PROJECTOR_META).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def adapter_kind(path: str | Path) -> AdapterKind:
+    """"lora" or "projector", from the files in `path`; anything else is an error that says what was expected."""
+    p = Path(path)
+    if (p / LORA_CONFIG).is_file():
+        return "lora"
+    meta = p / PROJECTOR_META
+    if meta.is_file():
+        try:
+            kind = json.loads(meta.read_text()).get("kind")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise EMTError(f"{meta} is not a JSON object: {err}") from err
+        if kind == "projector" and (p / PROJECTOR_WEIGHTS).is_file():
+            return "projector"
+        raise EMTError(f"{meta} says kind={kind!r}; a projector checkpoint needs kind 'projector' and {PROJECTOR_WEIGHTS}")
+    raise EMTError(
+        f"'{p}' is not an adapter directory: expected {LORA_CONFIG} (a peft LoRA adapter) or {PROJECTOR_META} + "
+        f"{PROJECTOR_WEIGHTS} (a projector checkpoint, see serving.adapters.save_projector_checkpoint)"
+    )
+
+
+def load_projector_state(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(path) / PROJECTOR_WEIGHTS))
+
+
+class AdapterCatalog:
+    """Adapter names a server answers to: explicit NAME=PATH pairs, plus every adapter directory under `root`,
+    named by its path relative to `root`. `root` is scanned on each call, so checkpoints written after the server
+    started are servable without a restart; a name can never reach outside `root`."""
+
+    def __init__(self, explicit: dict[str, str] | None = None, root: str | None = None) -> None:
+        self.explicit = {name: Path(p).expanduser().resolve() for name, p in (explicit or {}).items()}
+        self.root = Path(root).expanduser().resolve() if root else None
+        for path in self.explicit.values():
+            adapter_kind(path)  # fail at start-up, not on the first request
+        if self.root is not None and not self.root.is_dir():
+            raise EMTError(f"adapters directory '{root}' does not exist")
+
+    def names(self) -> list[str]:
+        found = set(self.explicit)
+        if self.root is not None:
+            for marker in (*self.root.rglob(LORA_CONFIG), *self.root.rglob(PROJECTOR_META)):
+                d = marker.parent.resolve()
+                if d.is_relative_to(self.root) and d != self.root:
+                    found.add(d.relative_to(self.root).as_posix())
+        return sorted(found)
+
+    def path(self, name: str) -> Path:
+        """The directory of adapter `name`; UnknownNameError (a 404 for a client) when there is none."""
+        if name in self.explicit:
+            return self.explicit[name]
+        if self.root is not None and name and not Path(name).is_absolute():
+            d = (self.root / name).resolve()
+            marked = (d / LORA_CONFIG).is_file() or (d / PROJECTOR_META).is_file()
+            if d.is_relative_to(self.root) and d != self.root and marked:
+                adapter_kind(d)  # a marked but broken checkpoint says what is wrong with it
+                return d
+        raise UnknownNameError(f"unknown model '{name}': GET /v1/models lists the base model and its adapters")

@@ -1,0 +1,78 @@
+"""Build a tiny, randomly initialised CLIP (text + vision towers) as a normal HF model directory.
+
+The CLIP judge and the vision-encoder baseline need a CLIP checkpoint, and nothing can be downloaded in tests or
+a laptop demo, so, as `serving.tiny_model` does for LLaVA, the project makes a real `CLIPModel` with a locally
+trained tokenizer: `CLIPModel` / `AutoProcessor` load it like `openai/clip-vit-large-patch14`. Its embeddings are
+meaningless (random weights), but every code path is the one a real CLIP goes through.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers.processors import TemplateProcessing
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
+
+from serving.tiny_model import BASE_CORPUS, train_tokenizer
+
+
+def build_tiny_clip(
+    out_dir: str | Path,
+    corpus: Iterable[str] = (),
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    layers: int = 2,
+    vocab_size: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny CLIP model directory (config, safetensors, tokenizer, processor) and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer([*BASE_CORPUS, *corpus], vocab_size=vocab_size)
+    # CLIP pools the text at its end-of-text token (found by id; the id 2 means a legacy rule, so CLIP's own
+    # tokens are added) and masks causally: wrap every text in start/end tokens and pad on the right.
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos})
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = 77
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=hidden_size,
+    )
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden_size)
+    CLIPModel(config).eval().save_pretrained(out)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    (out / "EMT_TINY_MODEL.json").write_text(
+        json.dumps({"note": "random weights: embeddings are meaningless by design", "seed": seed}, indent=2)
+    )
+    return out

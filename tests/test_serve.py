@@ -1,0 +1,281 @@
+"""`emt serve` for real: Ray Serve over HTTP on loopback, the real `openai` client, the tiny model.
+
+One Serve app for the module (on the session's Ray, a free port): answers equal the engine's, concurrent requests
+are batched, adapters load by name (with an LRU of one, so eviction is exercised), and every bad request gets its
+4xx in OpenAI's error shape. The last test runs `emt serve` as a subprocess and stops it with SIGTERM.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+from PIL import Image
+from test_adapters import color_images, make_lora, make_projector
+
+from serving.config import SamplingParams, ServeConfig
+from serving.engine import GenerationRequest
+from serving.transformers_engine import TransformersEngine
+
+KEY = "test-key"
+PROMPT = "What is the object in the image?"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_uri(img: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def user(url: str | None, text: str = PROMPT) -> list[dict]:
+    parts = [{"type": "image_url", "image_url": {"url": url}}] if url is not None else []
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, tiny_model, tmp_path_factory):
+    from ray import serve
+
+    from serving.serve_app import build_app
+
+    root = tmp_path_factory.mktemp("serve")
+    make_projector(tiny_model, root / "runs" / "trial_0" / "checkpoint_000001")
+    images = root / "images"
+    images.mkdir()
+    color_images(2)[1].save(images / "one.png")
+    color_images(2)[1].save(root / "secret.png")
+    (images / "link.png").symlink_to(root / "secret.png")
+    cfg = ServeConfig(
+        model=tiny_model, api_key=KEY, port=free_port(), adapters={"lora": str(make_lora(tiny_model, root / "lora"))},
+        adapters_dir=str(root / "runs"), max_adapters_per_replica=1, allowed_image_dirs=[str(images)],
+        batch_wait_timeout_s=0.2, max_image_bytes=64_000, max_image_pixels=512 * 512, max_prompt_tokens=200,
+        max_completion_tokens=64, app_name="emt-test", route_prefix="/emt-test",
+    )
+    status = serve.status()
+    assert not status.applications, f"Serve apps left running by another test: {list(status.applications)}"
+    serve.shutdown()  # an idle Serve left behind keeps its own HTTP port; ours needs a fresh one
+    started = time.monotonic()
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    print(f"serve start-up: {time.monotonic() - started:.1f} s")
+    base_url = f"http://127.0.0.1:{cfg.port}{cfg.route_prefix}"
+    yield {"cfg": cfg, "url": base_url, "root": root, "images": images,
+           "client": openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0, timeout=120)}
+    serve.delete(cfg.app_name)
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    """The reference: the same model answered in-process, no Serve."""
+    return TransformersEngine(tiny_model, max_batch_size=16)
+
+
+def ask(server, url, model=None, **kw):
+    kw.setdefault("max_tokens", 8)
+    kw.setdefault("temperature", 0)
+    return server["client"].chat.completions.create(model=model or server["cfg"].model.name, messages=user(url), **kw)
+
+
+def raw(server, path: str, body: bytes | None = None, key: str | None = KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(server["url"] + path, data=body, headers=headers, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_models_lists_the_base_and_every_adapter(server):
+    ids = [m.id for m in server["client"].models.list().data]
+    assert ids == [server["cfg"].model.name, "lora", "trial_0/checkpoint_000001"]
+
+
+def test_answers_and_usage_equal_the_engine_for_data_uris_and_allowed_files(server, engine):
+    img = color_images(2)[1]
+    expected = engine.generate([GenerationRequest(PROMPT, img, SamplingParams(max_tokens=8))])[0]
+    path = server["images"] / "one.png"
+    for url in (data_uri(img), str(path), path.as_uri()):
+        reply = ask(server, url)
+        assert reply.choices[0].message.content == expected.text
+        assert reply.choices[0].finish_reason == expected.finish_reason
+        assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (expected.prompt_tokens,
+                                                                               expected.completion_tokens)
+        assert reply.usage.total_tokens == expected.prompt_tokens + expected.completion_tokens
+    stop = expected.text.split()[-1]
+    cut = ask(server, data_uri(img), stop=[stop])
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == (expected.text[:expected.text.find(stop)], "stop")
+    sampled = ask(server, data_uri(img), temperature=0.9, seed=3, max_tokens=5)
+    assert sampled.usage.completion_tokens <= 5 and ask(server, None).choices[0].message.content  # text-only works
+
+
+def test_concurrent_requests_are_batched_on_the_replica(server, engine):
+    images = color_images(16)
+    expected = [g.text for g in engine.generate([GenerationRequest(PROMPT, i, SamplingParams(max_tokens=8))
+                                                 for i in images])]
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda img: ask(server, data_uri(img)), images))
+    assert [r.choices[0].message.content for r in replies] == expected
+    status, health = raw(server, "/health", key=None)
+    assert status == 200 and health["replica"]["largest_batch"] > 1, health
+
+
+def test_adapters_by_name_change_answers_and_the_base_stays(server, tiny_model, engine):
+    images = color_images(4)
+    base = [ask(server, data_uri(i)).choices[0].message.content for i in images]
+    reference = TransformersEngine(tiny_model)
+    for name in ("lora", "trial_0/checkpoint_000001", "lora"):  # LRU of one: each switch evicts the other
+        got = [ask(server, data_uri(i), model=name).choices[0].message.content for i in images]
+        if name not in reference.adapters:
+            path = server["cfg"].adapters.get(name) or str(server["root"] / "runs" / name)
+            reference.load_adapter(name, path)
+        want = reference.generate([GenerationRequest(PROMPT, i, SamplingParams(max_tokens=8), adapter=name)
+                                   for i in images])
+        assert got == [g.text for g in want] and got != base, name
+    assert [ask(server, data_uri(i)).choices[0].message.content for i in images] == base
+    stats = raw(server, "/health", key=None)[1]["replica"]
+    assert stats["adapter_loads"] == 3 and stats["adapters_loaded"] == ["lora"], stats
+
+
+def test_generate_batch_through_a_deployment_handle(server, engine):
+    from serving.serve_app import serve_running
+
+    requests = [GenerationRequest(PROMPT, i, SamplingParams(max_tokens=8)) for i in color_images(3)]
+    handle = serve_running(server["cfg"].app_name)
+    assert [g.text for g in handle.generate_batch.remote(requests).result()] == [g.text for g in engine.generate(requests)]
+    via_lora = handle.options(multiplexed_model_id="lora").generate_batch.remote(requests).result()
+    via_http = [ask(server, data_uri(r.image), model="lora").choices[0].message.content for r in requests]
+    assert [g.text for g in via_lora] == via_http
+    assert handle.list_models.remote().result()["adapters"] == ["lora", "trial_0/checkpoint_000001"]
+
+
+def noise_png(side: int) -> str:
+    return data_uri(Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)))
+
+
+def test_every_bad_request_gets_its_4xx_with_a_message(server):
+    base = server["cfg"].model.name
+    images, root = server["images"], server["root"]
+    ok_image = data_uri(color_images(1)[0])
+
+    def body(messages=None, model=base, **kw) -> bytes:
+        messages = user(ok_image) if messages is None else messages
+        return json.dumps({"model": model, "messages": messages, "max_tokens": 4, **kw}).encode()
+
+    cases = [  # (what, status, body, key, words in the message)
+        ("no key", 401, body(), None, "API key"),
+        ("wrong key", 401, body(), "nope", "API key"),
+        ("malformed JSON", 400, b'{"model": ', KEY, "not valid JSON"),
+        ("no messages", 400, body(messages=[]), KEY, "messages"),
+        ("image part without url", 400, body([{"role": "user", "content": [{"type": "image_url"}]}]), KEY, "image_url"),
+        ("remote URL", 400, body(user("http://example.com/cat.png")), KEY, "not supported"),
+        ("bad base64", 400, body(user("data:image/png;base64,@@not-base64@@")), KEY, "base64"),
+        ("not an image", 400, body(user("data:image/png;base64," + base64.b64encode(b"hello").decode())), KEY,
+         "cannot be decoded"),
+        ("too many bytes", 400, body(user(noise_png(160))), KEY, "limit is 64000"),
+        ("too many pixels", 400, body(user(data_uri(Image.new("RGB", (600, 600))))), KEY, "pixels"),
+        ("two images", 400, body([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ok_image}}] * 2}]),
+         KEY, "at most one image"),
+        ("prompt too long", 400, body(user(ok_image, "word " * 300)), KEY, "too many tokens"),
+        ("max_tokens too large", 400, body(max_tokens=1000), KEY, "too many tokens"),
+        ("n > 1", 400, body(n=2), KEY, "n must be 1"),
+        ("streaming", 400, body(stream=True), KEY, "stream"),
+        ("unknown option", 400, body(logprobs=True), KEY, "logprobs"),
+        ("multi-turn", 400, body([*user(ok_image), {"role": "assistant", "content": "x"}]), KEY, "one user message"),
+        ("/etc/passwd", 403, body(user("/etc/passwd")), KEY, "outside"),
+        ("file URL outside", 403, body(user("file:///etc/passwd")), KEY, "outside"),
+        ("dot-dot path", 403, body(user(f"{images}/../secret.png")), KEY, "outside"),
+        ("symlink out", 403, body(user(str(images / "link.png"))), KEY, "outside"),
+        ("relative path", 400, body(user("images/one.png")), KEY, "not absolute"),
+        ("NUL byte in path", 400, body(user(f"{images}/a\x00.png")), KEY, "not a usable file path"),
+        ("missing file", 400, body(user(str(images / "none.png"))), KEY, "no image file"),
+        ("unknown model", 404, body(model="no-such-model"), KEY, "unknown model"),
+        ("adapter name escaping the dir", 404, body(model="../lora"), KEY, "unknown model"),
+    ]
+    for what, status, payload, key, words in cases:
+        got, reply = raw(server, "/v1/chat/completions", payload, key=key)
+        assert got == status, (what, got, reply)
+        assert words in reply["error"]["message"] and reply["error"]["type"], (what, reply)
+    assert raw(server, "/v1/models", key=None)[0] == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server['url']}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError):
+        ask(server, ok_image, model="no-such-model")
+    with pytest.raises(openai.PermissionDeniedError):
+        ask(server, "/etc/passwd")
+
+
+def test_serve_config_refuses_contradictory_replica_settings(tiny_model):
+    from pydantic import ValidationError
+
+    assert ServeConfig(model=tiny_model, min_replicas=1, max_replicas=3).max_replicas == 3
+    for bad in ({"min_replicas": 1}, {"min_replicas": 3, "max_replicas": 2},
+                {"replicas": 2, "min_replicas": 1, "max_replicas": 2}):
+        with pytest.raises(ValidationError):
+            ServeConfig(model=tiny_model, **bad)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids whose environment carries `marker`: the CLI and every Ray process it started inherit it."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_emt_serve_command_answers_then_stops_cleanly_on_sigterm(tiny_model, tmp_path):
+    port, marker = free_port(), f"EMT_SERVE_TEST_{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[marker] = "1"
+    color_images(1)[0].save(tmp_path / "a.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "serve", "--model", tiny_model, "--port", str(port), "--api-key", KEY,
+         "--allow-images-from", str(tmp_path), "--num-cpus", "4"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not any(line.startswith("serving ") for line in lines):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+        assert any(f"http://127.0.0.1:{port}/v1" in line for line in lines), "".join(lines[-30:])
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model=tiny_model, messages=user(str(tmp_path / "a.png")),
+                                               max_tokens=4, temperature=0)
+        assert reply.usage.completion_tokens > 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, proc.stdout.read()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 30
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert processes_with(marker) == [], "emt serve left processes behind"
