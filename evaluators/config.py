@@ -22,13 +22,25 @@ class ComputeConfig(ReplicaConfig):
     flush_rows: int = Field(256, ge=1, description="write results every this many finished images")
 
 
-class EvalConfig(StrictModel):
-    model: ModelConfig
+class JudgeConfig(StrictModel):
+    """Settings of the model judges (`llm`: the paper's GPT-3.5 yes/no judge; `clip`: nearest class name)."""
+
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL (e.g. `emt serve`'s .../v1); "
+                                 "default: OpenAI's")
+    model: str = Field("gpt-3.5-turbo", description="llm judge model, the paper's by default")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never stored)")
+    concurrency: int = Field(8, ge=1, description="llm judge requests in flight")
+    retries: int = Field(3, ge=0, description="retries of a failed llm judge request, with exponential backoff")
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles on every retry")
+    timeout_s: float = Field(30.0, gt=0, description="per llm judge request")
+    cache_dir: Path | None = Field(None, description="llm verdict cache; default $EMT_CACHE_DIR or ~/.cache/emt")
+    clip_model: str = Field("openai/clip-vit-large-patch14", description="clip judge: CLIP hub id or local dir")
+    clip_batch_size: int = Field(256, ge=1)
+    clip_device: str = "auto"
+
+
+class _Datasets(StrictModel):
     datasets: list[DatasetConfig] = Field(min_length=1)
-    generation: SamplingParams = SamplingParams(max_tokens=32)
-    compute: ComputeConfig = ComputeConfig()
-    judges: list[str] = Field(default_factory=lambda: ["rule"], min_length=1)
-    out: Path
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -37,3 +49,27 @@ class EvalConfig(StrictModel):
         if isinstance(value, (str, dict)):
             value = [value]
         return [{"name": v} if isinstance(v, str) else v for v in value]
+
+
+class EvalConfig(_Datasets):
+    model: ModelConfig
+    generation: SamplingParams = SamplingParams(max_tokens=32)
+    compute: ComputeConfig = ComputeConfig()
+    judges: list[str] = Field(default_factory=lambda: ["rule"], min_length=1,
+                              description="judges to run; the first fills `correct` / `category`")
+    judge: JudgeConfig = JudgeConfig()
+    out: Path
+
+    @field_validator("judges")
+    @classmethod
+    def _unique_judges(cls, value: list[str]) -> list[str]:
+        """Each judge once, by its registry name (column names follow it: correct_rule, correct_llm)."""
+        return list(dict.fromkeys(v.lower() for v in value))
+
+
+class BaselineConfig(_Datasets):
+    """`emt baseline`: CLIP zero-shot accuracy with the paper's CLIP prompts, the MLLM's vision-encoder bound."""
+
+    clip: ModelConfig
+    compute: ComputeConfig = ComputeConfig()
+    out: Path

@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from evaluators.config import EvalConfig
 from evaluators.datasets import get_spec, load_split
-from evaluators.judges import JUDGES
+from evaluators.judges import Judge, build_judge
 from evaluators.prompts import eval_prompt
 from evaluators.results import ResultStore
 from evaluators.summary import write_summary
 from serving.config import ModelConfig, SamplingParams
-from serving.engine import GenerationRequest, load_engine, model_fingerprint
+from serving.engine import REMOTE_BACKENDS, GenerationRequest, engine_class, engine_fingerprint, load_engine
+from serving.errors import EMTError
 
 
 def sample_key(fingerprint: str, prompt: str, params: SamplingParams, dataset: str, sample_id: str,
@@ -126,26 +127,46 @@ def prepare(cfg: EvalConfig, fingerprint: str, done: set[str]) -> list[DatasetWo
     return work
 
 
-def judge_rows(table: pa.Table, work: dict[str, DatasetWork], judges: dict[str, object]) -> pa.Table:
-    """Add label_name, correct and category (from the first judge) to finished rows, per dataset."""
+def judge_rows(table: pa.Table, work: dict[str, DatasetWork], judges: dict[str, dict[str, Judge]]) -> pa.Table:
+    """Add label_name and, per judge, correct_<judge> / category_<judge> to finished rows (judges[dataset][judge],
+    in config order); the first judge also fills correct / category."""
     labels = table.column("label").to_pylist()
     outputs = table.column("output").to_pylist()
     datasets = table.column("dataset").to_pylist()
     errors = table.column("error").to_pylist()
-    correct: list[bool | None] = [None] * len(labels)
-    category: list[str] = ["error"] * len(labels)
-    for name in set(datasets):
-        idx = [i for i, d in enumerate(datasets) if d == name and errors[i] is None]
-        verdicts = judges[name].judge([labels[i] for i in idx], [outputs[i] for i in idx]) if idx else []
-        for i, v in zip(idx, verdicts):
-            correct[i], category[i] = v.correct, v.category
     names = [work[d].classes[lab] for d, lab in zip(datasets, labels)]
-    return (table.append_column("label_name", pa.array(names))
-            .append_column("correct", pa.array(correct, pa.bool_()))
-            .append_column("category", pa.array(category)))
+    table = table.append_column("label_name", pa.array(names))
+    columns: list[tuple[str, pa.Array, pa.Array]] = []
+    for judge in next(iter(judges.values())):
+        correct: list[bool | None] = [None] * len(labels)
+        category: list[str] = ["error"] * len(labels)
+        for name in set(datasets):
+            idx = [i for i, d in enumerate(datasets) if d == name and errors[i] is None]
+            verdicts = judges[name][judge].judge([labels[i] for i in idx], [outputs[i] for i in idx]) if idx else []
+            for i, v in zip(idx, verdicts):
+                correct[i], category[i] = v.correct, v.category
+        columns.append((judge, pa.array(correct, pa.bool_()), pa.array(category)))
+    _, correct_first, category_first = columns[0]
+    table = table.append_column("correct", correct_first).append_column("category", category_first)
+    for judge, correct_col, category_col in columns:
+        table = table.append_column(f"correct_{judge}", correct_col).append_column(f"category_{judge}", category_col)
+    return table
+
+
+def user_error(err: BaseException) -> EMTError | None:
+    """The EMTError (bad input: a dead endpoint, an unknown adapter) behind a Ray task or actor failure, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, EMTError):
+            return err
+        seen.add(id(err))
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
 
 
 def resolve_gpus(cfg: EvalConfig) -> float:
+    if cfg.model.backend in REMOTE_BACKENDS:
+        return 0.0
     if cfg.compute.gpus_per_replica == "auto":
         return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     return float(cfg.compute.gpus_per_replica)
@@ -168,7 +189,7 @@ def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
             compute=ray.data.ActorPoolStrategy(size=cfg.compute.replicas),
             batch_size=cfg.compute.batch_size,
             batch_format="pyarrow",
-            num_cpus=cfg.compute.cpus_per_replica,
+            num_cpus=0.25 if cfg.model.backend in REMOTE_BACKENDS else cfg.compute.cpus_per_replica,
             num_gpus=gpus or None,
         )
     )
@@ -176,15 +197,18 @@ def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
 
 def run_identity(cfg: EvalConfig, fingerprint: str) -> dict:
     return {"model": cfg.model.name, "model_fingerprint": fingerprint, "backend": cfg.model.backend,
-            "generation": cfg.generation.model_dump()}
+            "endpoint": cfg.model.endpoint, "generation": cfg.generation.model_dump()}
 
 
 def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     """Run (or resume) an evaluation; returns the summary also written to `cfg.out/summary.json`."""
-    fingerprint = model_fingerprint(cfg.model.name, cfg.model.revision)
+    fingerprint = engine_fingerprint(cfg.model)
+    engine_class(cfg.model).check(cfg.model)
+    specs = [get_spec(ds.name) for ds in cfg.datasets]
+    # Judges are built before any work, so a bad judge name, key or CLIP model fails before generation.
+    judges = {s.name: {j: build_judge(j, s.classes, s.kind, cfg.judge) for j in cfg.judges} for s in specs}
     store = ResultStore(cfg.out, run_identity(cfg, fingerprint))
     work = {w.name: w for w in prepare(cfg, fingerprint, store.done_keys())}
-    judges = {w.name: JUDGES.get(cfg.judges[0])(w.classes, get_spec(w.name).kind) for w in work.values()}
     todo = pa.concat_tables([w.todo for w in work.values()])
     wanted = [k for w in work.values() for k in w.keys]
     total = len(wanted)
@@ -203,11 +227,18 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                 bar.update(done.num_rows)
                 pending, last_flush = [], time.monotonic()
 
-        for batch in build_dataset(cfg, todo).iter_batches(batch_format="pyarrow", batch_size=None):
-            pending.append(batch)
-            if sum(t.num_rows for t in pending) >= cfg.compute.flush_rows or time.monotonic() - last_flush > 10:
-                flush()
-        flush()
+        try:
+            for batch in build_dataset(cfg, todo).iter_batches(batch_format="pyarrow", batch_size=None):
+                pending.append(batch)
+                if sum(t.num_rows for t in pending) >= cfg.compute.flush_rows or time.monotonic() - last_flush > 10:
+                    flush()
+        except Exception as err:
+            cause = user_error(err)
+            if cause is None:
+                raise
+            raise cause from err
+        finally:
+            flush()  # whatever finished is kept, whatever happened next
     bar.close()
     samples = store.consolidate(wanted)
     return write_summary(cfg.out, samples, cfg.model.name, json.loads(cfg.model_dump_json()))

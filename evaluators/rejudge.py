@@ -1,7 +1,8 @@
 """Re-judge stored answers: generation is the expensive part, so a different judge must not need a re-run.
 
 Input is JSON Lines, one object per answer with `label` (class index, or class name) and `output`. Every field is
-kept, `correct` and `category` are (re)written, and the output file appears only once it is complete.
+kept, `correct` and `category` (and `correct_<judge>` / `category_<judge>` per judge) are (re)written, and the
+output file appears only once it is complete. The llm judge's cache makes judging the same answers again free.
 """
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import json
 import os
 import re
 import tempfile
+from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
-from evaluators.judges import CATEGORIES, JUDGES
+from evaluators.config import JudgeConfig
+from evaluators.judges import CATEGORIES, JUDGE_FAILED, build_judge
+from evaluators.summary import accuracy, agreement
 from serving.errors import EMTError
 from serving.registry import did_you_mean
 
@@ -87,15 +91,32 @@ def judge_jsonl(
     kind: str,
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
-    judge_name: str = "rule",
+    judge_name: str | Sequence[str] = "rule",
+    settings: JudgeConfig | None = None,
 ) -> dict:
-    """Judge every stored answer again; returns {"n", "accuracy", and a count per category}."""
+    """Judge every stored answer again with one judge or several (the first fills `correct` / `category`, each
+    writes `correct_<judge>` / `category_<judge>`). Returns the first judge's {"n", "accuracy", a count per
+    category}, plus `judge_failed` when it could not decide some answers and, for several judges, `judges`
+    (accuracy each) and `agreement` (per pair) as in summary.json."""
+    names = list(dict.fromkeys(n.lower() for n in ([judge_name] if isinstance(judge_name, str) else judge_name)))
     records, labels = _read(Path(input_path), classes)
-    judge = JUDGES.get(judge_name)(classes, kind)
-    verdicts = judge.judge(labels, [r["output"] for r in records])
-    for record, verdict in zip(records, verdicts):
-        record["correct"] = verdict.correct
-        record["category"] = verdict.category
+    judges = {name: build_judge(name, classes, kind, settings) for name in names}
+    outputs = [r["output"] for r in records]
+    verdicts = {name: judge.judge(labels, outputs) for name, judge in judges.items()}
+    for name, judged in verdicts.items():
+        for record, verdict in zip(records, judged):
+            record[f"correct_{name}"], record[f"category_{name}"] = verdict.correct, verdict.category
+    first = verdicts[names[0]]
+    for record, verdict in zip(records, first):
+        record["correct"], record["category"] = verdict.correct, verdict.category
     _write_atomic(Path(output_path), records)
-    counts = {c: sum(v.category == c for v in verdicts) for c in CATEGORIES}
-    return {"n": len(verdicts), "accuracy": counts["correct"] / len(verdicts), **counts}
+    counts = {c: sum(v.category == c for v in first) for c in CATEGORIES}
+    stats = {"n": len(first), "accuracy": accuracy([v.correct for v in first])["accuracy"], **counts}
+    failed = sum(v.category == JUDGE_FAILED for v in first)
+    if failed:
+        stats[JUDGE_FAILED] = failed
+    if len(names) > 1:
+        correct = {name: [v.correct for v in judged] for name, judged in verdicts.items()}
+        stats["judges"] = {name: accuracy(values) for name, values in correct.items()}
+        stats["agreement"] = {f"{a} vs {b}": agreement(correct[a], correct[b]) for a, b in combinations(names, 2)}
+    return stats

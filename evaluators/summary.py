@@ -1,15 +1,21 @@
-"""Accuracy with a 95% Wilson interval and failure-category counts per dataset, as JSON and Markdown."""
+"""Accuracy with a 95% Wilson interval and failure-category counts per dataset, as JSON and Markdown.
+
+With several judges, each judge's accuracy and how much every pair agrees: the paper's judges disagree a lot, so
+a report shows all of them rather than picking one.
+"""
 from __future__ import annotations
 
 import json
 import math
 import platform
 from importlib import metadata
+from itertools import combinations
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 
-from evaluators.judges import CATEGORIES
+from evaluators.judges import CATEGORIES, JUDGE_FAILED
 from evaluators.results import atomic_write_text
 
 VERSIONED = ("emt-cluster", "ray", "torch", "transformers", "peft", "pyarrow")
@@ -36,48 +42,84 @@ def versions() -> dict[str, str]:
     return found
 
 
-def dataset_summary(rows: list[dict]) -> dict:
-    """Accuracy over judged images; images that could not be evaluated (errors) are counted apart."""
-    errors = [r for r in rows if r.get("error")]
-    judged = [r for r in rows if not r.get("error")]
-    correct = sum(bool(r["correct"]) for r in judged)
-    lo, hi = wilson_interval(correct, len(judged))
-    counts = {c: sum(r["category"] == c for r in judged) for c in CATEGORIES}
+def accuracy(values: Sequence[bool | None]) -> dict:
+    """One judge's accuracy over the answers it decided; None (JUDGE_FAILED) is counted apart, never as wrong."""
+    decided = [v for v in values if v is not None]
+    correct = sum(decided)
+    lo, hi = wilson_interval(correct, len(decided))
+    return {"judged": len(decided), "judge_failed": len(values) - len(decided), "correct": correct,
+            "accuracy": correct / len(decided) if decided else None, "ci95": [lo, hi]}
+
+
+def agreement(a: Sequence[bool | None], b: Sequence[bool | None]) -> dict:
+    """How often two judges agree on the answers both decided, and Cohen's kappa (agreement beyond what their
+    yes-rates give by chance; None when undefined, e.g. both judges said 'wrong' to everything)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    if not pairs:
+        return {"both_judged": 0, "agreement": None, "kappa": None}
+    n, agree = len(pairs), sum(x == y for x, y in pairs)
+    yes_a, yes_b = sum(x for x, _ in pairs), sum(y for _, y in pairs)
+    chance = yes_a * yes_b + (n - yes_a) * (n - yes_b)  # n^2 times the chance agreement; integers keep 0 exact
+    kappa = None if chance == n * n else (agree * n - chance) / (n * n - chance)
+    return {"both_judged": n, "agreement": agree / n, "kappa": kappa}
+
+
+def dataset_summary(rows: list[dict], judges: Sequence[str] = ()) -> dict:
+    """Accuracy (first judge) over judged images; images that could not be evaluated (errors) and answers the
+    judge could not decide are counted apart. With per-judge columns, each judge's accuracy and pairwise agreement."""
+    ok = [r for r in rows if not r.get("error")]
+    per_judge = {j: [r[f"correct_{j}"] for r in ok] for j in judges}
     return {
         "n": len(rows),
-        "judged": len(judged),
-        "errors": len(errors),
-        "correct": correct,
-        "accuracy": correct / len(judged) if judged else None,
-        "ci95": [lo, hi],
-        "categories": counts,
+        "errors": len(rows) - len(ok),
+        **accuracy([r["correct"] for r in ok]),
+        "categories": {c: sum(r["category"] == c for r in ok) for c in CATEGORIES},
+        "judges": {j: accuracy(v) for j, v in per_judge.items()},
+        "agreement": {f"{a} vs {b}": agreement(per_judge[a], per_judge[b]) for a, b in combinations(judges, 2)},
     }
 
 
 def summarize(samples: pa.Table) -> dict[str, dict]:
-    cols = ["dataset", "correct", "category", "error"]
+    judges = [c.removeprefix("correct_") for c in samples.column_names if c.startswith("correct_")]
+    cols = ["dataset", "correct", "category", "error", *(f"correct_{j}" for j in judges)]
     by_dataset: dict[str, list[dict]] = {}
     for row in samples.select(cols).to_pylist():
         by_dataset.setdefault(row["dataset"], []).append(row)
-    return {name: dataset_summary(rows) for name, rows in sorted(by_dataset.items())}
+    return {name: dataset_summary(rows, judges) for name, rows in sorted(by_dataset.items())}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _ci(d: dict) -> str:
+    return f"{100 * d['ci95'][0]:.1f}-{100 * d['ci95'][1]:.1f}%"
 
 
 def render_markdown(summary: dict) -> str:
     lines = [
         f"# EMT evaluation: {summary['model']}",
         "",
-        "| dataset | n | accuracy | 95% CI | " + " | ".join(CATEGORIES) + " | errors |",
-        "|---|---:|---:|---|" + "---:|" * (len(CATEGORIES) + 1),
+        "| dataset | n | accuracy | 95% CI | " + " | ".join(CATEGORIES) + f" | {JUDGE_FAILED} | errors |",
+        "|---|---:|---:|---|" + "---:|" * (len(CATEGORIES) + 2),
     ]
     for name, d in summary["datasets"].items():
-        acc = "n/a" if d["accuracy"] is None else f"{100 * d['accuracy']:.2f}%"
-        ci = f"{100 * d['ci95'][0]:.1f}-{100 * d['ci95'][1]:.1f}%"
         cats = " | ".join(str(d["categories"][c]) for c in CATEGORIES)
-        lines.append(f"| {name} | {d['n']} | {acc} | {ci} | {cats} | {d['errors']} |")
+        lines.append(f"| {name} | {d['n']} | {_pct(d['accuracy'])} | {_ci(d)} | {cats} | {d['judge_failed']} "
+                     f"| {d['errors']} |")
+    if any(len(d["judges"]) > 1 for d in summary["datasets"].values()):
+        lines += ["", "| dataset | judge | accuracy | 95% CI | judged | judge_failed |", "|---|---|---:|---|---:|---:|"]
+        lines += [f"| {name} | {j} | {_pct(a['accuracy'])} | {_ci(a)} | {a['judged']} | {a['judge_failed']} |"
+                  for name, d in summary["datasets"].items() for j, a in d["judges"].items()]
+        lines += ["", "| dataset | judges | both judged | agreement | Cohen's kappa |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {name} | {pair} | {g['both_judged']} | {_pct(g['agreement'])} | "
+                  f"{'n/a' if g['kappa'] is None else format(g['kappa'], '.3f')} |"
+                  for name, d in summary["datasets"].items() for pair, g in d["agreement"].items()]
     lines += [
         "",
-        "Categories (rule judge): correct = only the true label named; wrong = exactly one other label; "
-        "intrinsic hallucination = several labels; extrinsic hallucination = no label of the dataset.",
+        "Accuracy and categories follow the first judge. Categories: correct = only the true label named; wrong = "
+        "exactly one other label; intrinsic hallucination = several labels; extrinsic hallucination = no label of "
+        f"the dataset (read by the rule judge). {JUDGE_FAILED}: the judge could not decide; not counted as wrong.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()),
         "",

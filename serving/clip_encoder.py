@@ -30,8 +30,9 @@ def load_clip(model: str, device: str = "auto", dtype: str = "auto", revision: s
         net = CLIPModel.from_pretrained(source, revision=revision, dtype=torch_dtype)
     except (OSError, ValueError) as err:
         raise EMTError(
-            f"cannot load CLIP model '{model}': {str(err).rstrip('.')}. Pass a CLIP hub id (openai/clip-vit-large-patch14) on a "
-            "machine that can reach the hub or caches it, or a local CLIP directory (`serving.tiny_clip`)"
+            f"cannot load CLIP model '{model}': {str(err).rstrip('.')}. Pass a CLIP hub id "
+            "(openai/clip-vit-large-patch14) on a machine that can reach the hub or caches it, or a local CLIP "
+            "directory (`serving.tiny_clip`)"
         ) from err
     return net.to(device).eval(), processor
 

@@ -46,6 +46,10 @@ class Engine(abc.ABC):
     def from_config(cls, model: ModelConfig, *, max_batch_size: int, num_threads: int | None) -> "Engine":
         """Build from the typed model config (each backend reads the fields it needs)."""
 
+    @classmethod
+    def check(cls, model: ModelConfig) -> None:
+        """Fail fast, on the driver, for a model this backend cannot reach (before any worker starts)."""
+
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """One answer per request, in request order."""
@@ -110,11 +114,14 @@ def model_fingerprint(model: str, revision: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def load_engine(model: ModelConfig, *, max_batch_size: int = 32, num_threads: int | None = None) -> Engine:
-    """Build the configured backend (looked up by name, with a did-you-mean error)."""
+def engine_class(model: ModelConfig) -> type[Engine]:
+    """The configured backend's class (looked up by name, with a did-you-mean error)."""
     module, cls = ENGINES.get(model.backend).split(":")
-    engine_cls = getattr(importlib.import_module(module), cls)
-    return engine_cls.from_config(model, max_batch_size=max_batch_size, num_threads=num_threads)
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_engine(model: ModelConfig, *, max_batch_size: int = 32, num_threads: int | None = None) -> Engine:
+    return engine_class(model).from_config(model, max_batch_size=max_batch_size, num_threads=num_threads)
 
 
 def engine_fingerprint(model: ModelConfig) -> str:

@@ -50,6 +50,22 @@ class OpenAIEngine(Engine):
         key = model.api_key.get_secret_value() if model.api_key else None
         return cls(model.name, model.endpoint, key, concurrency=model.concurrency)
 
+    @classmethod
+    def check(cls, model: ModelConfig) -> None:
+        """The server answers and serves `model` (GET /models), before the run starts."""
+        engine = cls.from_config(model, max_batch_size=1, num_threads=None)
+        try:
+            served = [m.id for m in engine.client.models.list().data]
+        except engine._openai.APIConnectionError as err:
+            raise EMTError(f"endpoint {model.endpoint} is unreachable ({err}): start the server or fix --endpoint") from err
+        except engine._openai.AuthenticationError as err:
+            raise EMTError(f"endpoint {model.endpoint} refused the API key (401): pass --api-key") from err
+        if served and model.name not in served:
+            from serving.registry import did_you_mean
+
+            raise EMTError(f"endpoint {model.endpoint} does not serve '{model.name}'.{did_you_mean(model.name, served)} "
+                           f"It serves: {', '.join(served[:20])}")
+
     def _one(self, request: GenerationRequest) -> Generation:
         p = request.params
         extra = {"min_tokens": p.min_tokens} if p.min_tokens else None
@@ -105,6 +121,10 @@ class ServeEngine(Engine):
     @classmethod
     def from_config(cls, model: ModelConfig, *, max_batch_size: int, num_threads: int | None) -> "ServeEngine":
         return cls(model.name, model.app)
+
+    @classmethod
+    def check(cls, model: ModelConfig) -> None:
+        cls(model.name, model.app)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         handle = self.handle if self.adapter is None else self.handle.options(multiplexed_model_id=self.adapter)

@@ -29,3 +29,16 @@ def tiny_model(tmp_path_factory) -> str:
     from serving.tiny_model import build_tiny_llava
 
     return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), tiny_model_corpus(), seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """A real HF CLIP model directory (tiny text + vision towers) whose tokenizer knows EMT's answers and the
+    paper's CLIP prompts; random weights, so its embeddings are meaningless but deterministic."""
+    from cluster.commands.models import tiny_model_corpus
+    from evaluators.datasets import DATASETS, get_spec
+    from evaluators.prompts import clip_prompt
+    from serving.tiny_clip import build_tiny_clip
+
+    prompts = [clip_prompt(get_spec(n).kind, c) for n in DATASETS.names() for c in get_spec(n).classes]
+    return str(build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), [*tiny_model_corpus(), *prompts], seed=0))

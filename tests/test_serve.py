@@ -279,3 +279,43 @@ def test_emt_serve_command_answers_then_stops_cleanly_on_sigterm(tiny_model, tmp
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(1)
     assert processes_with(marker) == [], "emt serve left processes behind"
+
+
+@pytest.mark.parametrize("adapter", [None, "lora"])
+def test_every_evaluation_path_gives_the_same_predictions(server, tiny_model, tmp_path, adapter):
+    """Ray Data actors hosting the engine, Ray Data through Serve handles, and the openai client over HTTP."""
+    import pyarrow.parquet as pq
+
+    from cluster.cli import main
+
+    name = adapter or server["cfg"].model.name
+    common = ["--dataset", "shapes", "--limit", "24", "--max-tokens", "8", "--batch-size", "8", "--no-progress"]
+    paths = {
+        "serve": ["--model", name, "--via", "serve", "--app", server["cfg"].app_name],
+        "endpoint": ["--model", name, "--endpoint", f"{server['url']}/v1", "--api-key", KEY, "--concurrency", "8"],
+    }
+    if adapter is None:
+        paths["actors"] = ["--model", tiny_model]
+    outputs = {}
+    for path, args in paths.items():
+        assert main(["eval", *args, *common, "--out", str(tmp_path / path)]) == 0, path
+        rows = pq.read_table(tmp_path / path / "samples.parquet").to_pylist()
+        outputs[path] = {r["sample_id"]: r["output"] for r in rows}
+        assert len(rows) == 24 and all(r["output"] is not None for r in rows)
+    first = next(iter(outputs.values()))
+    assert all(o == first for o in outputs.values()), {k: list(v.values())[:3] for k, v in outputs.items()}
+    summary = json.loads((tmp_path / "endpoint" / "summary.json").read_text())
+    assert "test-key" not in json.dumps(summary), "the API key never reaches the results"
+
+
+def test_eval_against_a_dead_endpoint_or_unknown_served_model_is_a_clear_error(server, tmp_path, capsys):
+    from cluster.cli import main
+
+    common = ["--dataset", "shapes", "--limit", "4", "--no-progress"]
+    code = main(["eval", "--model", "x", "--endpoint", f"http://127.0.0.1:{free_port()}/v1", *common,
+                 "--out", str(tmp_path / "dead")])
+    assert code == 2 and "is unreachable" in capsys.readouterr().err
+    code = main(["eval", "--model", "lora2", "--via", "serve", "--app", server["cfg"].app_name, *common,
+                 "--out", str(tmp_path / "unknown")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not serve 'lora2'" in err and "Did you mean 'lora'" in err

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cluster.commands.evaluate import add_judge_args, judge_overrides
+
 
 def run_datasets(args: argparse.Namespace) -> int:
     from evaluators.datasets import describe
@@ -18,11 +20,14 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 
 def run_judge(args: argparse.Namespace) -> int:
+    from evaluators.config import JudgeConfig
     from evaluators.datasets import get_spec
     from evaluators.rejudge import judge_jsonl
 
     spec = get_spec(args.dataset)
-    stats = judge_jsonl(spec.classes, spec.kind, args.input, args.output, judge_name=args.judge)
+    settings = JudgeConfig(**{k: v for k, v in judge_overrides(args).items() if v is not None})
+    stats = judge_jsonl(spec.classes, spec.kind, args.input, args.output, judge_name=args.judges or ["rule"],
+                        settings=settings)
     print(json.dumps(stats, indent=2))
     return 0
 
@@ -36,5 +41,5 @@ def register(sub) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
-    p.add_argument("--judge", default="rule")
+    add_judge_args(p)
     p.set_defaults(func=run_judge)

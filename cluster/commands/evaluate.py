@@ -3,33 +3,51 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
 from serving.errors import EMTError
 
+M = TypeVar("M")
 
-def add_eval_args(p: argparse.ArgumentParser) -> None:
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags every dataset run shares (`emt eval`, `emt baseline`): config file, datasets, output, compute."""
     p.add_argument("--config", help="YAML experiment file (command-line flags override its values)")
-    p.add_argument("--model", help="HF hub id or local model directory")
-    p.add_argument("--backend", help="engine backend (default transformers)")
     p.add_argument("--dataset", action="append", dest="datasets", help="dataset name; repeat for several")
     p.add_argument("--source", help="local parquet/image folder/hub id for the dataset(s) given with --dataset")
     p.add_argument("--split", help="dataset split (default test)")
     p.add_argument("--limit", type=int, help="class-stratified sample of N images per dataset")
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")
     p.add_argument("--out", help="output directory (rerun on the same directory to resume)")
-    p.add_argument("--max-tokens", type=int, help="generated tokens per answer (default 32)")
-    p.add_argument("--min-tokens", type=int, help="force at least this many generated tokens")
-    p.add_argument("--temperature", type=float, help="0 = greedy (default)")
-    p.add_argument("--batch-size", type=int, help="images per generate() call on a replica")
+    p.add_argument("--batch-size", type=int, help="images per model call on a replica")
     p.add_argument("--replicas", type=int, help="model replicas (Ray Data actors)")
     p.add_argument("--gpus-per-replica", type=float, help="GPUs per replica (default: 1 if the cluster has GPUs)")
     p.add_argument("--address", help="Ray cluster address (default RAY_ADDRESS or a new local Ray)")
     p.add_argument("--num-cpus", type=int, help="logical CPUs for a new local Ray")
-    p.add_argument("--judge", action="append", dest="judges", help="judge name (default rule)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def eval_overrides(args: argparse.Namespace) -> dict:
+def add_judge_args(p: argparse.ArgumentParser) -> None:
+    """Judge flags, shared by `emt eval` and `emt judge`."""
+    p.add_argument("--judge", action="append", dest="judges",
+                   help="rule | clip | llm; repeat to run several, the first fills correct/category (default rule)")
+    p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL for the llm judge, e.g. `emt serve`'s "
+                   "http://HOST:PORT/v1 (default OpenAI's; key from $OPENAI_API_KEY)")
+    p.add_argument("--judge-model", help="llm judge model (default gpt-3.5-turbo, the paper's)")
+    p.add_argument("--clip-model", help="CLIP hub id or local dir for the clip judge")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    add_run_args(p)
+    p.add_argument("--model", help="HF hub id or local model directory")
+    p.add_argument("--backend", help="engine backend (default transformers)")
+    p.add_argument("--max-tokens", type=int, help="generated tokens per answer (default 32)")
+    p.add_argument("--min-tokens", type=int, help="force at least this many generated tokens")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    add_judge_args(p)
+
+
+def run_overrides(args: argparse.Namespace) -> dict:
     """Command-line flags as a partial config (None = not given, so the file's value stays)."""
     datasets = None
     if args.datasets:
@@ -37,31 +55,51 @@ def eval_overrides(args: argparse.Namespace) -> dict:
                     for d in args.datasets]
         datasets = [{k: v for k, v in d.items() if v is not None} for d in datasets]
     return {
-        "model": {"name": args.model, "backend": args.backend},
         "datasets": datasets,
         "out": args.out,
-        "judges": args.judges,
-        "generation": {"max_tokens": args.max_tokens, "min_tokens": args.min_tokens, "temperature": args.temperature},
         "compute": {"batch_size": args.batch_size, "replicas": args.replicas,
                     "gpus_per_replica": args.gpus_per_replica, "address": args.address, "num_cpus": args.num_cpus},
     }
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def judge_overrides(args: argparse.Namespace) -> dict:
+    return {"endpoint": args.judge_endpoint, "model": args.judge_model, "clip_model": args.clip_model}
+
+
+def eval_overrides(args: argparse.Namespace) -> dict:
+    return {
+        **run_overrides(args),
+        "model": {"name": args.model, "backend": args.backend},
+        "judges": args.judges,
+        "judge": judge_overrides(args),
+        "generation": {"max_tokens": args.max_tokens, "min_tokens": args.min_tokens, "temperature": args.temperature},
+    }
+
+
+def start_run(config_cls: type[M], args: argparse.Namespace, overrides: dict) -> M:
+    """Parse the run's config (file + flags) and join or start Ray; errors before any work is done."""
     from cluster.config import parse_config
     from cluster.runtime import init_ray
+
+    if args.config is None and args.datasets is None:
+        raise EMTError("no dataset given: pass --dataset NAME (see `emt datasets`) or --config FILE")
+    cfg = parse_config(config_cls, args.config, overrides)
+    init_ray(cfg.compute.address, cfg.compute.num_cpus)
+    return cfg
+
+
+def report(out: Path, summary: dict) -> int:
+    print((Path(out) / "summary.md").read_text())
+    print(f"results: {out}/samples.parquet, {out}/summary.json, {out}/summary.md")
+    return 0 if summary["datasets"] else 1
+
+
+def run_eval(args: argparse.Namespace) -> int:
     from evaluators.config import EvalConfig
     from evaluators.pipeline import evaluate
 
-    overrides = eval_overrides(args)
-    if args.config is None and args.datasets is None:
-        raise EMTError("no dataset given: pass --dataset NAME (see `emt datasets`) or --config FILE")
-    cfg = parse_config(EvalConfig, args.config, overrides)
-    init_ray(cfg.compute.address, cfg.compute.num_cpus)
-    summary = evaluate(cfg, progress=not args.no_progress)
-    print((Path(cfg.out) / "summary.md").read_text())
-    print(f"results: {cfg.out}/samples.parquet, {cfg.out}/summary.json, {cfg.out}/summary.md")
-    return 0 if summary["datasets"] else 1
+    cfg = start_run(EvalConfig, args, eval_overrides(args))
+    return report(cfg.out, evaluate(cfg, progress=not args.no_progress))
 
 
 def register(sub) -> None:

@@ -14,6 +14,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Sequence
 
+from evaluators.config import JudgeConfig
 from evaluators.judges import JUDGES, Verdict
 from evaluators.prompts import check_kind
 from serving.errors import EMTError
@@ -120,6 +121,10 @@ class RuleJudge:
         check_kind(kind)
         self.classes = tuple(classes)
         self._pattern, self._owners = _compile(self.classes)
+
+    @classmethod
+    def from_config(cls, classes: Sequence[str], kind: str, cfg: JudgeConfig) -> RuleJudge:
+        return cls(classes, kind)
 
     def named(self, text: str) -> tuple[int, ...]:
         """Sorted indices of the distinct labels that `text` names."""

@@ -1,0 +1,26 @@
+"""`emt tune`: parallel fine-tuning trials on Ray Tune, every checkpoint evaluated, one forgetting matrix."""
+from __future__ import annotations
+
+import argparse
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from cluster.config import parse_config
+    from cluster.runtime import init_ray
+    from tuners.config import TuneConfig
+    from tuners.experiment import run_experiment
+
+    cfg = parse_config(TuneConfig, args.config, {"out": args.out})
+    init_ray(cfg.address, cfg.num_cpus)
+    out = run_experiment(cfg, resume=args.resume)
+    print((out / "matrix.md").read_text())
+    print(f"matrix: {out}/matrix.parquet, {out}/matrix.csv, {out}/matrix.md; report: {out}/report.html")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tune", help="fine-tune in parallel trials and measure forgetting on every dataset")
+    p.add_argument("--config", required=True, help="YAML experiment file (see experiments/tiny.yaml)")
+    p.add_argument("--out", help="experiment directory (overrides the file's out:)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out")
+    p.set_defaults(func=run_tune)

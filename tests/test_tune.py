@@ -1,0 +1,113 @@
+"""`emt tune` on real Ray Tune + Train with the tiny model: checkpoints evaluated through Serve into one matrix,
+a crashing trial retried from its checkpoint, a killed driver resumed without re-evaluating anything."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from cluster.cli import main
+from cluster.config import parse_config
+from serving.errors import EMTError
+from tuners.config import TuneConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def experiment(tmp_path: Path, model: str, **search) -> Path:
+    config = {
+        "model": {"name": model},
+        "train": {"limit": 48},
+        "eval": {"datasets": [{"name": "digits", "limit": 20}, {"name": "colors", "limit": 20}],
+                 "generation": {"max_tokens": 6}, "batch_size": 20},
+        "search": {"space": {"method": ["linear", "lora"], "train_dataset": ["digits"], "epochs": 2,
+                             "batch_size": 16, "lr": 0.003, "projector_lr": 0.01, "lora_r": 4, **search}},
+        "resources": {"max_concurrent_trials": 2, "max_failures": 2},
+        "out": str(tmp_path / "exp"),
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"# emt tune --config {path}\n" + yaml.safe_dump(config))
+    return path
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process it started (its local Ray): the head dying mid-run."""
+    tree = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def evaluated_rows(out: Path) -> set[str]:
+    return {p.parent.parent.name for p in (out / "evals").glob("*/*/summary.json")}
+
+
+def part_files(out: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in (out / "evals").glob("*/*/parts/*.parquet")}
+
+
+def test_bad_tune_configs_are_rejected_with_the_key(tmp_path, tiny_model):
+    path = experiment(tmp_path, tiny_model, learning_rate=0.1)
+    with pytest.raises(EMTError, match="unknown hyperparameter 'learning_rate'"):
+        parse_config(TuneConfig, path, {})
+    data = yaml.safe_load(path.read_text())
+    data["search"]["space"].pop("learning_rate")
+    data["resources"]["max_concurent_trials"] = 3
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(EMTError, match="resources.max_concurent_trials: unknown key. Did you mean 'max_concurrent_trials'"):
+        parse_config(TuneConfig, path, {})
+    data["resources"].pop("max_concurent_trials")
+    data["search"]["space"]["method"] = ["linear", {"uniform": [1, 2], "choice": [3]}]
+    path.write_text(yaml.safe_dump(data))
+    assert main(["tune", "--config", str(path), "--resume"]) == 2, "nothing to resume in a new directory"
+
+
+def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tmp_path):
+    config = experiment(tmp_path, tiny_model)
+    out = tmp_path / "exp"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["EMT_CRASH_ONCE_AFTER_EPOCH"] = "1"
+    driver = subprocess.Popen([sys.executable, "-m", "cluster.cli", "tune", "--config", str(config)], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 420
+    while time.time() < deadline and len(evaluated_rows(out) - {"base"}) < 1:
+        assert driver.poll() is None, driver.stdout.read().decode()[-4000:]
+        time.sleep(1)
+    assert evaluated_rows(out) - {"base"}, "a checkpoint was evaluated while trials were training"
+    kill_tree(driver)
+    before = part_files(out)
+
+    assert main(["tune", "--config", str(config), "--resume"]) == 0
+    matrix = pq.read_table(out / "matrix.parquet").to_pylist()
+    rows = {r["model"] for r in matrix}
+    assert "base" in rows and len(rows) == 1 + 2 * 2, rows  # base + 2 trials x 2 epochs
+    assert {(r["method"], r["epoch"]) for r in matrix if r["method"] != "base"} == {
+        ("linear", 1), ("linear", 2), ("lora", 1), ("lora", 2)}
+    assert {r["eval_dataset"] for r in matrix} == {"digits", "colors"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in matrix)
+    after = part_files(out)
+    assert all(after.get(p) == t for p, t in before.items()), "evaluations finished before the kill were kept"
+    for summary in (out / "evals").glob("*/*/summary.json"):
+        keys = pq.read_table(summary.parent / "samples.parquet", columns=["key"]).column("key").to_pylist()
+        assert len(keys) == len(set(keys)) == 20
+    assert list((out / "train").glob(".crashed-*")), "the injected crash happened"
+    for name in ("matrix.csv", "matrix.md", "report.html"):
+        assert (out / name).stat().st_size > 0
+    assert "tfevents" in " ".join(str(p) for p in (out / "tune").rglob("*tfevents*")), "TensorBoard logs by default"
+
+    parts = part_files(out)
+    assert main(["tune", "--config", str(config), "--resume"]) == 0
+    assert part_files(out) == parts, "a finished experiment resumed evaluates nothing again"
+    assert json.loads((out / "experiment.json").read_text())["search"]["space"]["lora_r"] == 4

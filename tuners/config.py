@@ -1,0 +1,96 @@
+"""The tuning experiment's typed config (`emt tune --config FILE`): search space, resources, evaluation."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from evaluators.config import DatasetConfig
+from serving.config import ModelConfig, SamplingParams, StrictModel
+
+SEARCHABLE = ("method", "train_dataset", "lr", "projector_lr", "epochs", "batch_size", "weight_decay",
+              "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "seed")
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+class TrainData(StrictModel):
+    split: str = "train"
+    limit: int | None = Field(512, gt=0, description="class-stratified training sample per dataset")
+    sources: dict[str, str] = Field(default_factory=dict, description="dataset name -> local parquet/folder/hub id")
+    seed: int = 0
+
+
+class EvalSettings(StrictModel):
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    generation: SamplingParams = SamplingParams(max_tokens=32)
+    batch_size: int = Field(32, ge=1)
+    concurrency: int = Field(2, ge=1, description="Ray Data actors sending batches to the Serve deployment")
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _names(cls, value):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+
+
+class Resources(StrictModel):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers per trial (data parallel)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="retries of a crashed trial, each from its last checkpoint")
+
+
+class Objective(StrictModel):
+    """What 'best' means: the tuned gain, the mean forgetting, or gain - weight * forgetting."""
+
+    name: Literal["gain", "forgetting", "tradeoff"] = "tradeoff"
+    weight: float = Field(1.0, ge=0)
+
+
+class Search(StrictModel):
+    algorithm: Literal["grid", "random"] = "grid"
+    num_samples: int = Field(1, ge=1, description="samples of the random distributions (per grid point)")
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    space: dict[str, Any] = Field(description="hyperparameter -> value, list (grid), or {choice|uniform|...: [..]}")
+
+    @field_validator("space")
+    @classmethod
+    def _known(cls, space: dict[str, Any]) -> dict[str, Any]:
+        from serving.registry import did_you_mean
+
+        for key, value in space.items():
+            if key not in SEARCHABLE:
+                raise ValueError(f"unknown hyperparameter '{key}'.{did_you_mean(key, list(SEARCHABLE))}")
+            if isinstance(value, dict) and (len(value) != 1 or next(iter(value)) not in DISTRIBUTIONS):
+                raise ValueError(f"'{key}': a distribution is one of {{{' | '.join(DISTRIBUTIONS)}: [...]}}")
+        for required in ("method", "train_dataset"):
+            if required not in space:
+                raise ValueError(f"the search space needs '{required}'")
+        return space
+
+
+class Logging(StrictModel):
+    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
+    mlflow_tracking_uri: str | None = None
+    wandb_project: str | None = None
+
+
+class TuneConfig(StrictModel):
+    model: ModelConfig
+    train: TrainData = TrainData()
+    eval: EvalSettings
+    search: Search
+    resources: Resources = Resources()
+    objective: Objective = Objective()
+    logging: Logging = Logging()
+    defaults: dict[str, Any] = Field(default_factory=lambda: dict(
+        lr=2e-4, projector_lr=2e-3, epochs=3, batch_size=4, weight_decay=0.0, warmup_ratio=0.03,
+        lora_r=64, lora_alpha=16, lora_dropout=0.05, lora_target_modules=None, seed=0,
+    ), description="LLaVA's own defaults; the search space overrides them")
+    serve_replicas: int = Field(1, ge=1)
+    address: str | None = None
+    num_cpus: int | None = None
+    out: Path

@@ -1,0 +1,120 @@
+"""`emt tune`: Ray Tune trials of fine-tuning, every checkpoint evaluated through Serve, one forgetting matrix.
+
+    DIR/experiment.json     the config this directory belongs to (a different one is refused)
+    DIR/tune/trials/        Tune's experiment state (Tuner.restore resumes from it)
+    DIR/train/<trial>/      each trial's Ray Train run: per-epoch checkpoints (adapter or projector only)
+    DIR/evals/<row>/<ds>/   one evaluation per (checkpoint, dataset), written as it finishes
+    DIR/matrix.*, report.html, *.png
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from evaluators.results import atomic_write_text
+from serving.errors import EMTError
+from tuners.checkpoint_eval import CheckpointEvaluator
+from tuners.config import TuneConfig
+from tuners.trials import EXPERIMENT, param_space, run_trial
+
+CONFIG_FILE = "experiment.json"
+
+
+def logger_callbacks(cfg: TuneConfig) -> list:
+    """TensorBoard by default; MLflow or W&B when asked for and installed (a clear error otherwise)."""
+    from ray.tune.logger import TBXLoggerCallback
+
+    callbacks = []
+    for backend in cfg.logging.backends:
+        if backend == "tensorboard":
+            callbacks.append(TBXLoggerCallback())
+            continue
+        package = "mlflow" if backend == "mlflow" else "wandb"
+        try:
+            __import__(package)
+        except ImportError:
+            raise EMTError(f"logging backend '{backend}' needs `pip install {package}`") from None
+        if backend == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            callbacks.append(MLflowLoggerCallback(tracking_uri=cfg.logging.mlflow_tracking_uri, experiment_name="emt"))
+        else:
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            callbacks.append(WandbLoggerCallback(project=cfg.logging.wandb_project or "emt"))
+    return callbacks
+
+
+def claim_directory(cfg: TuneConfig, out: Path, resume: bool) -> None:
+    """One experiment per directory: a rerun without --resume, or with another config, is refused."""
+    stored_file = out / CONFIG_FILE
+    mine = json.loads(cfg.model_dump_json(exclude={"out"}))
+    if stored_file.exists():
+        stored = json.loads(stored_file.read_text())
+        if stored != mine:
+            diff = sorted(k for k in stored.keys() | mine.keys() if stored.get(k) != mine.get(k))
+            raise EMTError(f"{out} holds an experiment with another config (differs in: {', '.join(diff)}). "
+                           "Use a new --out, or the original config with --resume")
+        if not resume:
+            raise EMTError(f"{out} already holds this experiment: add --resume to finish it, or use a new --out")
+        return
+    if resume:
+        raise EMTError(f"nothing to resume in {out}: run without --resume to start the experiment")
+    if out.exists() and any(out.iterdir()):
+        raise EMTError(f"{out} is not empty and holds no EMT experiment: use a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(mine, indent=2), stored_file)
+
+
+def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
+    trainable = tune.with_resources(run_trial, {"CPU": 0.25})  # the trial driver; Train workers ask for their own
+    path = out / "tune" / EXPERIMENT
+    if resume and tune.Tuner.can_restore(str(path)):
+        return tune.Tuner.restore(str(path), trainable, resume_errored=True, resume_unfinished=True)
+    scheduler = None
+    if cfg.search.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", grace_period=cfg.search.grace_period,
+                                  max_t=max(int(e) for e in _values(cfg.search.space.get("epochs", cfg.defaults["epochs"]))))
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(metric="train_loss", mode="min", scheduler=scheduler,
+                                    num_samples=cfg.search.num_samples,
+                                    max_concurrent_trials=cfg.resources.max_concurrent_trials),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), callbacks=logger_callbacks(cfg),
+                                  failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
+    )
+
+
+def _values(spec) -> list:
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict):
+        (dist, args), = spec.items()
+        return list(args)
+    return [spec]
+
+
+def run_experiment(cfg: TuneConfig, resume: bool = False) -> Path:
+    """Train every trial, evaluate every checkpoint as it lands, and write the matrix and report."""
+    from evaluators.report import write_report
+
+    out = Path(cfg.out).resolve()
+    claim_directory(cfg, out, resume)
+    evaluator = CheckpointEvaluator(cfg, out)
+    evaluator.start()
+    try:
+        results = build_tuner(cfg, out, resume).fit()
+    except BaseException:
+        evaluator.finish(evaluate_remaining=False)  # interrupted: --resume evaluates what is left
+        raise
+    evaluator.finish()
+    errors = [r.error for r in results if r.error]
+    write_report(out, objective=cfg.objective.name, weight=cfg.objective.weight)  # rebuilds the matrix files too
+    if errors:
+        raise EMTError(f"{len(errors)} trial(s) failed after their retries (first: {errors[0]}); finished "
+                       f"checkpoints are evaluated in {out}. Fix the cause and rerun with --resume")
+    return out

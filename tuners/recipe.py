@@ -1,0 +1,117 @@
+"""The fine-tuning recipe that every Ray Train worker runs: setup, train, save - read top to bottom.
+
+One call trains one trial (method x dataset x hyperparameters) for `epochs` epochs. Every epoch ends with a
+checkpoint holding only what was trained (a peft LoRA adapter dir, or a projector checkpoint) plus the optimizer
+state to resume from; a restarted worker (crash, preemption, a restored experiment) continues from the latest one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from evaluators.datasets import get_spec
+from serving.adapters import save_projector_checkpoint
+from serving.transformers_engine import load_model_and_processor
+from tuners.config import SEARCHABLE
+from tuners.data import collate
+from tuners.methods import LoraSettings, apply_method, trainable_state
+
+STATE_FILE = "train_state.pt"
+CHECKPOINT_META = "emt_checkpoint.json"  # what the matrix needs to place this checkpoint, written last
+CRASH_ENV = "EMT_CRASH_ONCE_AFTER_EPOCH"  # fault injection for tests: crash once after this epoch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path) -> None:
+    """Trained weights in the format the server loads (adapter or projector), plus resumable state."""
+    net = unwrap(model)
+    extra = {"method": config["method"], "train_dataset": config["train_dataset"], "epoch": epoch}
+    if config["method"] == "lora":
+        net.save_pretrained(out)
+    else:
+        save_projector_checkpoint(net, out, config["model"], extra)
+    torch.save({"epoch": epoch, "weights": trainable_state(net), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, out / STATE_FILE)
+    meta = {**extra, "trial": ray.train.get_context().get_experiment_name(), "base_model": config["model"],
+            "hyperparameters": {k: config[k] for k in SEARCHABLE if k in config}}
+    (out / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    # --- setup -------------------------------------------------------------------------------------------------
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(config["seed"])
+    if not torch.cuda.is_available():  # a CPU worker may use the cores Ray gave it, not just one
+        torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
+    model, processor = load_model_and_processor(config["model"], dtype=config.get("dtype", "auto"))
+    lora = LoraSettings(r=config["lora_r"], alpha=config["lora_alpha"], dropout=config["lora_dropout"],
+                        target_modules=tuple(config["lora_target_modules"] or ()) or None)
+    model, groups = apply_method(model, config["method"], lora, config["lr"], config.get("projector_lr"))
+    model.train()
+    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.get_world_size() > 1 else None)
+    spec = get_spec(config["train_dataset"])
+    shard = ray.train.get_dataset_shard("train")
+    steps_per_epoch = max(1, math.ceil(config["train_rows"] / ctx.get_world_size() / config["batch_size"]))
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.get("weight_decay", 0.0))
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(config.get("warmup_ratio", 0.03) * steps_per_epoch * config["epochs"]),
+        steps_per_epoch * config["epochs"])
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+        named = dict(unwrap(model).named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["weights"].items():
+                named[name].copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"]
+    device = ray.train.torch.get_device()
+
+    # --- train -------------------------------------------------------------------------------------------------
+    for epoch in range(start_epoch + 1, config["epochs"] + 1):
+        started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        for batch in shard.iter_batches(batch_size=config["batch_size"], batch_format="pyarrow"):
+            inputs = {k: v.to(device) for k, v in collate(batch, processor, spec.classes, spec.kind).items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(unwrap(model).dtype)
+            loss = model(**inputs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, steps, seen = loss_sum + loss.item(), steps + 1, seen + batch.num_rows
+        elapsed = time.perf_counter() - started
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
+                   "samples_per_s": seen * ctx.get_world_size() / max(elapsed, 1e-9)}
+
+        # --- save ----------------------------------------------------------------------------------------------
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp))
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        crash_after = os.environ.get(CRASH_ENV)
+        if crash_after and int(crash_after) == epoch and rank == 0:
+            marker = Path(config["storage"]) / f".crashed-{ctx.get_experiment_name()}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                raise RuntimeError(f"injected crash after epoch {epoch} ({CRASH_ENV})")

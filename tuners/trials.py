@@ -1,0 +1,79 @@
+"""Ray Tune over fine-tuning trials; each trial is a Ray Train `TorchTrainer` so it can span GPUs and nodes.
+
+Train V2 pattern: the Tune trainable is a plain function that builds and fits a TorchTrainer whose
+`TuneReportCallback` forwards every epoch's metrics to Tune. A trainer restarted with the same (storage_path,
+name) - after a crash or `Tuner.restore` - resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from evaluators.datasets import load_split
+from tuners.config import TuneConfig
+from tuners.recipe import train_loop_per_worker
+
+EXPERIMENT = "trials"
+
+
+def to_tune(value: Any) -> Any:
+    """A config value as a Tune search primitive: list -> grid, {dist: args} -> that distribution."""
+    if isinstance(value, list):
+        return tune.grid_search(value)
+    if isinstance(value, dict):
+        (dist, args), = value.items()
+        if dist == "grid":
+            return tune.grid_search(list(args))
+        if dist == "choice":
+            return tune.choice(list(args))
+        return getattr(tune, dist)(*args)
+    return value
+
+
+def param_space(cfg: TuneConfig) -> dict[str, Any]:
+    space = {**cfg.defaults, **{k: to_tune(v) for k, v in cfg.search.space.items()}}
+    space.update(
+        model=cfg.model.name, dtype=cfg.model.dtype, storage=str(Path(cfg.out).resolve() / "train"),
+        train_split=cfg.train.split, train_limit=cfg.train.limit, train_seed=cfg.train.seed,
+        train_sources=cfg.train.sources, num_workers=cfg.resources.num_workers,
+        use_gpu=cfg.resources.use_gpu, cpus_per_worker=cfg.resources.cpus_per_worker,
+        gpus_per_worker=cfg.resources.gpus_per_worker, max_failures=cfg.resources.max_failures,
+    )
+    return space
+
+
+def run_trial(config: dict) -> None:
+    """One trial: the training sample as a Ray Dataset, sharded over this trial's Train workers."""
+    table = load_split(config["train_dataset"], split=config["train_split"],
+                       source=config["train_sources"].get(config["train_dataset"]),
+                       limit=config["train_limit"], seed=config["train_seed"])
+    config = {**config, "train_rows": table.num_rows}
+    resources = {"CPU": config["cpus_per_worker"]}
+    if config["use_gpu"]:
+        resources["GPU"] = config["gpus_per_worker"] or 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=config["num_workers"], use_gpu=config["use_gpu"],
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=tune.get_context().get_trial_name(),
+            storage_path=config["storage"],
+            checkpoint_config=CheckpointConfig(num_to_keep=None),  # every epoch is a row of the matrix
+            failure_config=FailureConfig(max_failures=config["max_failures"]),
+            callbacks=[TuneReportCallback()],
+        ),
+        datasets={"train": ray.data.from_arrow(table)},
+    )
+    trainer.fit()
+
+
+def trial_resources(cfg: TuneConfig) -> tune.PlacementGroupFactory:
+    """The trial driver holds a sliver of CPU; its Train workers request their own resources."""
+    return tune.PlacementGroupFactory([{"CPU": 0.1}])
