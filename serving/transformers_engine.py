@@ -81,9 +81,20 @@ class TransformersEngine(Engine):
         if num_threads:  # Ray sets OMP_NUM_THREADS=1 in workers; a CPU replica should use the cores it was given
             torch.set_num_threads(num_threads)
             os.environ["OMP_NUM_THREADS"] = str(num_threads)
-        self.model_name = model
+        self._attach(model, *load_model_and_processor(model, device=device, dtype=dtype, revision=revision),
+                     max_batch_size)
+
+    @classmethod
+    def from_loaded(cls, name: str, model, processor, max_batch_size: int = 32) -> "TransformersEngine":
+        """An engine around a model already in memory (a training worker validating its own weights)."""
+        engine = cls.__new__(cls)
+        engine._attach(name, model, processor, max_batch_size)
+        return engine
+
+    def _attach(self, name: str, model, processor, max_batch_size: int) -> None:
+        self.model_name = name
         self.max_batch_size = max_batch_size
-        self.model, self.processor = load_model_and_processor(model, device=device, dtype=dtype, revision=revision)
+        self.model, self.processor = model, processor
         self.device = next(self.model.parameters()).device
         self.has_chat_template = getattr(self.processor, "chat_template", None) is not None
         self.image_token = getattr(self.processor, "image_token", "<image>")

@@ -107,7 +107,28 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
         assert (out / name).stat().st_size > 0
     assert "tfevents" in " ".join(str(p) for p in (out / "tune").rglob("*tfevents*")), "TensorBoard logs by default"
 
+    results = [json.loads(line) for f in (out / "tune" / "trials").glob("*/result.json")
+               for line in f.read_text().splitlines() if line.strip()]
+    assert len(results) >= 4 and all({"objective", "val_gain", "val_forgetting", "val_acc_colors"} <= r.keys()
+                                     for r in results), "Tune searches on the forgetting objective"
+    report = (out / "report.html").read_text()
+    assert all(name in report for name in ("best run", "gain", "mean forgetting")), "the report names the best runs"
+
     parts = part_files(out)
     assert main(["tune", "--config", str(config), "--resume"]) == 0
     assert part_files(out) == parts, "a finished experiment resumed evaluates nothing again"
     assert json.loads((out / "experiment.json").read_text())["search"]["space"]["lora_r"] == 4
+
+
+def test_objective_metrics_by_hand():
+    from tuners.validation import objective_metrics
+
+    base = {"digits": 0.2, "colors": 0.5, "shapes": 0.3}
+    acc = {"digits": 0.9, "colors": 0.3, "shapes": 0.2}
+    cfg = {"train_dataset": "digits", "objective": "tradeoff", "objective_weight": 2.0}
+    m = objective_metrics(acc, base, cfg)
+    assert m["val_gain"] == pytest.approx(0.7)
+    assert m["val_forgetting"] == pytest.approx((0.2 + 0.1) / 2)
+    assert m["objective"] == pytest.approx(0.7 - 2.0 * 0.15)
+    assert objective_metrics(acc, base, {**cfg, "objective": "gain"})["objective"] == pytest.approx(0.7)
+    assert objective_metrics(acc, base, {**cfg, "objective": "forgetting"})["objective"] == pytest.approx(-0.15)

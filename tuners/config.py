@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from evaluators.config import DatasetConfig
 from serving.config import ModelConfig, SamplingParams, StrictModel
@@ -12,6 +12,16 @@ from serving.config import ModelConfig, SamplingParams, StrictModel
 SEARCHABLE = ("method", "train_dataset", "lr", "projector_lr", "epochs", "batch_size", "weight_decay",
               "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "seed")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+def space_values(spec: Any) -> list:
+    """Every value a search-space entry can take (a distribution's arguments for continuous ones)."""
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict):
+        (_, args), = spec.items()
+        return list(args)
+    return [spec]
 
 
 class TrainData(StrictModel):
@@ -26,6 +36,7 @@ class EvalSettings(StrictModel):
     generation: SamplingParams = SamplingParams(max_tokens=32)
     batch_size: int = Field(32, ge=1)
     concurrency: int = Field(2, ge=1, description="Ray Data actors sending batches to the Serve deployment")
+    validation_limit: int = Field(32, ge=1, description="images per dataset of the in-trial validation (objective)")
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -94,3 +105,11 @@ class TuneConfig(StrictModel):
     address: str | None = None
     num_cpus: int | None = None
     out: Path
+
+    @model_validator(mode="after")
+    def _tuned_sets_are_evaluated(self) -> "TuneConfig":
+        """The gain is measured on the tuned dataset, so every training dataset must be an eval dataset."""
+        missing = sorted(set(space_values(self.search.space["train_dataset"])) - {d.name for d in self.eval.datasets})
+        if missing:
+            raise ValueError(f"train datasets {missing} are not in eval.datasets: add them (the gain is measured there)")
+        return self

@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler
 from evaluators.results import atomic_write_text
 from serving.errors import EMTError
 from tuners.checkpoint_eval import CheckpointEvaluator
-from tuners.config import TuneConfig
+from tuners.config import TuneConfig, space_values
 from tuners.trials import EXPERIMENT, param_space, run_trial
 
 CONFIG_FILE = "experiment.json"
@@ -77,25 +77,16 @@ def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
     scheduler = None
     if cfg.search.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", grace_period=cfg.search.grace_period,
-                                  max_t=max(int(e) for e in _values(cfg.search.space.get("epochs", cfg.defaults["epochs"]))))
+                                  max_t=max(int(e) for e in space_values(cfg.search.space.get("epochs", cfg.defaults["epochs"]))))
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),
-        tune_config=tune.TuneConfig(metric="train_loss", mode="min", scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric="objective", mode="max", scheduler=scheduler,
                                     num_samples=cfg.search.num_samples,
                                     max_concurrent_trials=cfg.resources.max_concurrent_trials),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), callbacks=logger_callbacks(cfg),
                                   failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
     )
-
-
-def _values(spec) -> list:
-    if isinstance(spec, list):
-        return spec
-    if isinstance(spec, dict):
-        (dist, args), = spec.items()
-        return list(args)
-    return [spec]
 
 
 def run_experiment(cfg: TuneConfig, resume: bool = False) -> Path:

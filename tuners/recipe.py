@@ -23,6 +23,7 @@ from serving.adapters import save_projector_checkpoint
 from serving.transformers_engine import load_model_and_processor
 from tuners.config import SEARCHABLE
 from tuners.data import collate
+from tuners.validation import accuracies, objective_metrics, validation_sets
 from tuners.methods import LoraSettings, apply_method, trainable_state
 
 STATE_FILE = "train_state.pt"
@@ -34,7 +35,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path) -> None:
+def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path, base_val: dict) -> None:
     """Trained weights in the format the server loads (adapter or projector), plus resumable state."""
     net = unwrap(model)
     extra = {"method": config["method"], "train_dataset": config["train_dataset"], "epoch": epoch}
@@ -43,7 +44,7 @@ def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: 
     else:
         save_projector_checkpoint(net, out, config["model"], extra)
     torch.save({"epoch": epoch, "weights": trainable_state(net), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict()}, out / STATE_FILE)
+                "scheduler": scheduler.state_dict(), "base_val": base_val}, out / STATE_FILE)
     meta = {**extra, "trial": ray.train.get_context().get_experiment_name(), "base_model": config["model"],
             "hyperparameters": {k: config[k] for k in SEARCHABLE if k in config}}
     (out / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, default=str))
@@ -69,7 +70,8 @@ def train_loop_per_worker(config: dict) -> None:
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(config.get("warmup_ratio", 0.03) * steps_per_epoch * config["epochs"]),
         steps_per_epoch * config["epochs"])
-    start_epoch = 0
+    start_epoch, base_val = 0, {}
+    val_sets = validation_sets(config) if rank == 0 else []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -80,7 +82,9 @@ def train_loop_per_worker(config: dict) -> None:
                 named[name].copy_(tensor)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"]
+        start_epoch, base_val = state["epoch"], state["base_val"]
+    elif val_sets:  # before the first step the trainable weights are the base's (LoRA starts at zero)
+        base_val = accuracies(unwrap(model), processor, val_sets, config["batch_size"])
     device = ray.train.torch.get_device()
 
     # --- train -------------------------------------------------------------------------------------------------
@@ -100,12 +104,15 @@ def train_loop_per_worker(config: dict) -> None:
         elapsed = time.perf_counter() - started
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
                    "samples_per_s": seen * ctx.get_world_size() / max(elapsed, 1e-9)}
+        if val_sets:
+            acc = accuracies(unwrap(model), processor, val_sets, config["batch_size"])
+            metrics.update(objective_metrics(acc, base_val, config))
 
         # --- save ----------------------------------------------------------------------------------------------
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp))
+                save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp), base_val)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
         crash_after = os.environ.get(CRASH_ENV)

@@ -44,6 +44,9 @@ def param_space(cfg: TuneConfig) -> dict[str, Any]:
         train_sources=cfg.train.sources, num_workers=cfg.resources.num_workers,
         use_gpu=cfg.resources.use_gpu, cpus_per_worker=cfg.resources.cpus_per_worker,
         gpus_per_worker=cfg.resources.gpus_per_worker, max_failures=cfg.resources.max_failures,
+        eval_datasets=[d.model_dump() for d in cfg.eval.datasets], validation_limit=cfg.eval.validation_limit,
+        validation_max_tokens=cfg.eval.generation.max_tokens, objective=cfg.objective.name,
+        objective_weight=cfg.objective.weight,
     )
     return space
 
@@ -72,8 +75,3 @@ def run_trial(config: dict) -> None:
         datasets={"train": ray.data.from_arrow(table)},
     )
     trainer.fit()
-
-
-def trial_resources(cfg: TuneConfig) -> tune.PlacementGroupFactory:
-    """The trial driver holds a sliver of CPU; its Train workers request their own resources."""
-    return tune.PlacementGroupFactory([{"CPU": 0.1}])

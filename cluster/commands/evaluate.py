@@ -41,6 +41,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     p.add_argument("--model", help="HF hub id or local model directory")
     p.add_argument("--backend", help="engine backend (default transformers)")
+    p.add_argument("--via", choices=["actors", "serve"], help="serve: send batches to a running `emt serve` app")
+    p.add_argument("--app", help="with --via serve: the Serve application name (default emt)")
+    p.add_argument("--endpoint", help="evaluate any OpenAI-compatible server at this base URL (.../v1)")
+    p.add_argument("--api-key", help="API key for --endpoint (default: OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, help="with --endpoint/--via serve: requests in flight per caller")
     p.add_argument("--max-tokens", type=int, help="generated tokens per answer (default 32)")
     p.add_argument("--min-tokens", type=int, help="force at least this many generated tokens")
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
@@ -66,10 +71,18 @@ def judge_overrides(args: argparse.Namespace) -> dict:
     return {"endpoint": args.judge_endpoint, "model": args.judge_model, "clip_model": args.clip_model}
 
 
+def remote_backend(args: argparse.Namespace) -> str | None:
+    """--endpoint means the openai backend, --via serve the serve backend; both at once is a contradiction."""
+    if args.endpoint and args.via == "serve":
+        raise EMTError("--endpoint and --via serve exclude each other: pick the server to evaluate")
+    return "openai" if args.endpoint else ("serve" if args.via == "serve" else None)
+
+
 def eval_overrides(args: argparse.Namespace) -> dict:
     return {
         **run_overrides(args),
-        "model": {"name": args.model, "backend": args.backend},
+        "model": {"name": args.model, "backend": remote_backend(args) or args.backend, "endpoint": args.endpoint,
+                  "api_key": args.api_key, "app": args.app, "concurrency": args.concurrency},
         "judges": args.judges,
         "judge": judge_overrides(args),
         "generation": {"max_tokens": args.max_tokens, "min_tokens": args.min_tokens, "temperature": args.temperature},

@@ -28,19 +28,23 @@ def parse_adapters(pairs: list[str] | None) -> dict[str, str]:
 
 
 def serve_config(args: argparse.Namespace):
-    """Flags -> a validated ServeConfig; pydantic's complaints become one readable EMTError."""
+    """Flags -> a validated ServeConfig, plus the cloud prefix of the adapters for --backend vllm (whose adapters
+    live only there, see serving.vllm_app); pydantic's complaints become one readable EMTError."""
     from pydantic import ValidationError
 
     from serving.adapters import AdapterCatalog
     from serving.config import ServeConfig
     from serving.engine import model_source
+    from serving.vllm_app import is_cloud_uri
 
+    vllm = args.backend == "vllm"
+    adapters_uri = args.adapters_dir if vllm and is_cloud_uri(args.adapters_dir) else None
     given = {  # model_source: a typo fails here, not in a replica log; a local dir becomes absolute
         "model": {"name": model_source(args.model), **({"backend": args.backend} if args.backend else {})},
         "replicas": args.replicas, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
         "gpus_per_replica": args.gpus_per_replica, "cpus_per_replica": args.cpus_per_replica,
         "api_key": args.api_key or os.environ.get("EMT_API_KEY"), "host": args.host, "port": args.port,
-        "adapters": parse_adapters(args.adapter), "adapters_dir": args.adapters_dir,
+        "adapters": parse_adapters(args.adapter), "adapters_dir": None if adapters_uri else args.adapters_dir,
         "allowed_image_dirs": args.allow_images_from, "max_batch_size": args.max_batch_size,
         "app_name": args.app_name,
     }
@@ -50,11 +54,16 @@ def serve_config(args: argparse.Namespace):
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'flags'}: {e['msg']}" for e in err.errors())
         raise EMTError(f"invalid serve options: {problems}") from None
     AdapterCatalog(cfg.adapters, cfg.adapters_dir)  # a wrong adapter path fails before Ray starts
-    return cfg
+    if vllm:  # so does a setting vLLM cannot honour, or a missing vllm
+        from serving.vllm_app import import_serve_llm, vllm_llm_config
+
+        vllm_llm_config(cfg, adapters_uri)
+        import_serve_llm()
+    return cfg, adapters_uri
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    cfg = serve_config(args)
+    cfg, adapters_uri = serve_config(args)
     import ray
     from ray import serve
 
@@ -72,7 +81,12 @@ def run_serve(args: argparse.Namespace) -> int:
         serve_was_running = bool(before.proxies or before.applications)
         if cfg.app_name in before.applications:
             raise EMTError(f"a Serve application named '{cfg.app_name}' is already running: pass --app-name")
-        app = build_app(cfg)
+        if cfg.model.backend == "vllm":
+            from serving.vllm_app import build_vllm_app
+
+            app = build_vllm_app(cfg, adapters_uri)
+        else:
+            app = build_app(cfg)
         started = time.monotonic()
         if not serve_was_running:
             serve.start(http_options={"host": cfg.host, "port": cfg.port})
@@ -83,6 +97,8 @@ def run_serve(args: argparse.Namespace) -> int:
               f"(ready in {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops it)", flush=True)
         if cfg.adapters_dir:
             print(f"adapters under {cfg.adapters_dir} are served by their relative path (GET /v1/models)", flush=True)
+        if adapters_uri:
+            print(f"adapters under {adapters_uri} are served as model '{cfg.model.name}:<path under it>'", flush=True)
         stop.wait()
         print("emt serve: stopping", file=sys.stderr, flush=True)
     finally:
@@ -98,7 +114,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model and its adapters with an OpenAI-compatible API (Ray Serve)")
     p.add_argument("--model", required=True, help="HF hub id or local model directory")
-    p.add_argument("--backend", help="engine backend (default transformers)")
+    p.add_argument("--backend", help="transformers (default): our engine on any replica; vllm: Ray's LLM serving "
+                   "on GPU replicas (needs the vllm extra; see serving/vllm_app.py for what differs)")
     p.add_argument("--replicas", type=int, help="fixed number of model replicas (default 1)")
     p.add_argument("--min-replicas", type=int, help="autoscale between --min-replicas and --max-replicas")
     p.add_argument("--max-replicas", type=int)
@@ -109,7 +126,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--adapter", action="append", metavar="NAME=PATH",
                    help="a LoRA or projector checkpoint served as model NAME; repeat for several")
-    p.add_argument("--adapters-dir", help="serve every adapter directory under DIR, named by its relative path")
+    p.add_argument("--adapters-dir", help="serve every adapter directory under DIR, named by its relative path "
+                   "(--backend vllm: a cloud prefix s3://, gs://, abfss:// or azure://)")
     p.add_argument("--allow-images-from", action="append", metavar="DIR",
                    help="clients may name local image files under DIR; repeat for several (default: none)")
     p.add_argument("--max-batch-size", type=int, help="concurrent requests merged into one generate call (16)")
