@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from evaluators.config import BaselineConfig
-from evaluators.datasets import get_spec, load_split
-from evaluators.pipeline import DatasetWork, decode_images, sample_key
+from evaluators.datasets import get_spec
+from evaluators.pipeline import decode_images, gpus_per_replica, prepare
 from evaluators.prompts import clip_prompt
 from evaluators.results import ResultStore
 from evaluators.summary import write_summary
@@ -66,30 +66,6 @@ class ClipReplica:
                 .append_column("category", pa.array(category)))
 
 
-def prepare(cfg: BaselineConfig, fingerprint: str, done: set[str]) -> list[DatasetWork]:
-    """Sample every dataset and keep the rows with no stored result; the prompt column holds the CLIP template."""
-    work = []
-    for ds in cfg.datasets:
-        spec = get_spec(ds.name)
-        table = load_split(ds.name, split=ds.split, source=ds.source, limit=ds.limit, seed=ds.seed)
-        template = clip_prompt(spec.kind, "{class}")
-        keys = [sample_key(fingerprint, template, NO_SAMPLING, spec.name, s, b)
-                for s, b in zip(table.column("sample_id").to_pylist(), table.column("image").to_pylist())]
-        n = len(keys)
-        table = (table.append_column("key", pa.array(keys))
-                 .append_column("dataset", pa.array([spec.name] * n))
-                 .append_column("split", pa.array([ds.split] * n))
-                 .append_column("prompt", pa.array([template] * n)))
-        work.append(DatasetWork(spec.name, spec.classes, table.filter(pa.array([k not in done for k in keys])), keys))
-    return work
-
-
-def gpus_per_replica(cfg: BaselineConfig) -> float:
-    if cfg.compute.gpus_per_replica == "auto":
-        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    return float(cfg.compute.gpus_per_replica)
-
-
 def build_dataset(cfg: BaselineConfig, todo: pa.Table) -> ray.data.Dataset:
     """Decode on CPU tasks, classify on `replicas` CLIP actors, `batch_size` images per call."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts images; one bar is enough
@@ -106,7 +82,7 @@ def build_dataset(cfg: BaselineConfig, todo: pa.Table) -> ray.data.Dataset:
             batch_size=chunk,
             batch_format="pyarrow",
             num_cpus=cfg.compute.cpus_per_replica,
-            num_gpus=gpus_per_replica(cfg) or None,
+            num_gpus=gpus_per_replica(cfg.compute.gpus_per_replica) or None,
         )
     )
 
@@ -116,7 +92,8 @@ def clip_baseline(cfg: BaselineConfig, *, progress: bool = True) -> dict:
     fingerprint = model_fingerprint(cfg.clip.name, cfg.clip.revision)
     identity = {"task": "clip zero-shot", "model": cfg.clip.name, "model_fingerprint": fingerprint}
     store = ResultStore(cfg.out, identity)
-    work = prepare(cfg, fingerprint, store.done_keys())
+    work = prepare(cfg.datasets, fingerprint, NO_SAMPLING, store.done_keys(),
+                   prompt_for=lambda spec: clip_prompt(spec.kind, "{class}"))
     todo = pa.concat_tables([w.todo for w in work])
     wanted = [k for w in work for k in w.keys]
     with tqdm(total=len(wanted), initial=len(wanted) - todo.num_rows, desc=f"baseline {cfg.clip.name}", unit="img",

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -19,8 +20,8 @@ import ray
 from PIL import Image
 from tqdm import tqdm
 
-from evaluators.config import EvalConfig
-from evaluators.datasets import get_spec, load_split
+from evaluators.config import DatasetConfig, EvalConfig
+from evaluators.datasets import DatasetSpec, get_spec, load_split
 from evaluators.judges import Judge, build_judge
 from evaluators.prompts import eval_prompt
 from evaluators.results import ResultStore
@@ -108,15 +109,21 @@ class DatasetWork:
     keys: list[str]
 
 
-def prepare(cfg: EvalConfig, fingerprint: str, done: set[str]) -> list[DatasetWork]:
+def paper_prompt(spec) -> str:
+    """The EMT evaluation prompt of a dataset (every class listed)."""
+    return eval_prompt(spec.kind, spec.classes, sort=spec.sort_prompt_labels)
+
+
+def prepare(datasets: list[DatasetConfig], fingerprint: str, params: SamplingParams, done: set[str],
+            prompt_for: Callable[[DatasetSpec], str] = paper_prompt) -> list[DatasetWork]:
     """Sample every dataset, key every row, and keep only rows with no stored result."""
     work = []
-    for ds in cfg.datasets:
+    for ds in datasets:
         spec = get_spec(ds.name)
         table = load_split(ds.name, split=ds.split, source=ds.source, limit=ds.limit, seed=ds.seed)
-        prompt = eval_prompt(spec.kind, spec.classes, sort=spec.sort_prompt_labels)
+        prompt = prompt_for(spec)
         ids, images = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
-        keys = [sample_key(fingerprint, prompt, cfg.generation, spec.name, s, b) for s, b in zip(ids, images)]
+        keys = [sample_key(fingerprint, prompt, params, spec.name, s, b) for s, b in zip(ids, images)]
         mask = pa.array([k not in done for k in keys])
         n = len(keys)
         table = (table.append_column("key", pa.array(keys))
@@ -164,12 +171,15 @@ def user_error(err: BaseException) -> EMTError | None:
     return None
 
 
-def resolve_gpus(cfg: EvalConfig) -> float:
-    if cfg.model.backend in REMOTE_BACKENDS:
-        return 0.0
-    if cfg.compute.gpus_per_replica == "auto":
+def gpus_per_replica(setting: float | str) -> float:
+    """'auto' = one GPU per replica when the cluster has GPUs, none otherwise."""
+    if setting == "auto":
         return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    return float(cfg.compute.gpus_per_replica)
+    return float(setting)
+
+
+def resolve_gpus(cfg: EvalConfig) -> float:
+    return 0.0 if cfg.model.backend in REMOTE_BACKENDS else gpus_per_replica(cfg.compute.gpus_per_replica)
 
 
 def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
@@ -208,7 +218,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     # Judges are built before any work, so a bad judge name, key or CLIP model fails before generation.
     judges = {s.name: {j: build_judge(j, s.classes, s.kind, cfg.judge) for j in cfg.judges} for s in specs}
     store = ResultStore(cfg.out, run_identity(cfg, fingerprint))
-    work = {w.name: w for w in prepare(cfg, fingerprint, store.done_keys())}
+    work = {w.name: w for w in prepare(cfg.datasets, fingerprint, cfg.generation, store.done_keys())}
     todo = pa.concat_tables([w.todo for w in work.values()])
     wanted = [k for w in work.values() for k in w.keys]
     total = len(wanted)

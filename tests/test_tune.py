@@ -109,7 +109,7 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
 
     results = [json.loads(line) for f in (out / "tune" / "trials").glob("*/result.json")
                for line in f.read_text().splitlines() if line.strip()]
-    assert len(results) >= 4 and all({"objective", "val_gain", "val_forgetting", "val_acc_colors"} <= r.keys()
+    assert len(results) >= 2 and all({"objective", "val_gain", "val_forgetting", "val_acc_colors"} <= r.keys()
                                      for r in results), "Tune searches on the forgetting objective"
     report = (out / "report.html").read_text()
     assert all(name in report for name in ("best run", "gain", "mean forgetting")), "the report names the best runs"
