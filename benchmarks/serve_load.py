@@ -5,8 +5,8 @@
 Measures, in one run on a local Ray (loopback only):
   (1) one request at a time (1 client) -> requests/s, p50/p99 latency, errors
   (2) `--clients` concurrent clients    -> the same; the ratio (2)/(1) is what Serve's dynamic batching buys
-  (3) evaluation throughput over the same images: `emt eval --via serve` (Ray Data -> deployment handles) versus
-      the actor path (Ray Data actor pool hosting the engine), images/s from first to last written part.
+  (3) evaluation throughput over the same 1,600 images: `--via serve` (Ray Data -> deployment handles) versus the
+      actor path (Ray Data actor pool hosting the engine), steady state from the first to the last written part.
 Every request generates exactly --max-tokens tokens (min_tokens == max_tokens). The last line is one JSON object.
 """
 from __future__ import annotations
@@ -77,17 +77,20 @@ def drive(client, model: str, prompt: str, uris: list[str], clients: int, second
             "first_error": errors[0] if errors else None}
 
 
-def eval_ips(args: list[str], out: Path) -> float:
-    """Steady-state images/s of one `emt eval` run, from its part files (first to last write)."""
-    from cluster.cli import main
-
-    assert main([*args, "--out", str(out), "--no-progress"]) == 0
-    parts = sorted(out.glob("parts/part-*.parquet"), key=lambda p: int(p.name.split("-")[1]))
+def eval_ips(model: dict, images: int, max_tokens: int, out: Path) -> float:
+    """Steady-state images/s of one evaluation, from its part files (rows after the first part / time between)."""
     import pyarrow.parquet as pq
 
+    from evaluators.config import ComputeConfig, EvalConfig
+    from evaluators.pipeline import evaluate
+
+    evaluate(EvalConfig(model=model, datasets=[{"name": "shapes", "split": "train", "limit": images}],
+                        generation={"max_tokens": max_tokens, "min_tokens": max_tokens},
+                        compute=ComputeConfig(batch_size=32, flush_rows=32), out=out), progress=False)
+    parts = sorted(out.glob("parts/part-*.parquet"), key=lambda p: int(p.name.split("-")[1]))
     times = [int(p.name.split("-")[1]) / 1e9 for p in parts]
     rows = [pq.read_metadata(p).num_rows for p in parts]
-    return sum(rows[1:]) / max(times[-1] - times[0], 1e-9) if len(parts) > 1 else float("nan")
+    return sum(rows[1:]) / max(times[-1] - times[0], 1e-9)
 
 
 def main() -> None:
@@ -95,7 +98,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--eval-images", type=int, default=400)
+    ap.add_argument("--eval-images", type=int, default=1600)
     args = ap.parse_args()
 
     import openai
@@ -120,12 +123,11 @@ def main() -> None:
     one = drive(client, model, prompt, uris, 1, args.seconds, args.max_tokens)
     many = drive(client, model, prompt, uris, args.clients, args.seconds, args.max_tokens)
 
-    common = ["eval", "--dataset", "shapes", "--split", "train", "--limit", str(args.eval_images),
-              "--max-tokens", str(args.max_tokens), "--min-tokens", str(args.max_tokens), "--batch-size", "32"]
-    via_serve = eval_ips([*common, "--model", model, "--via", "serve", "--app", cfg.app_name], tmp / "via-serve")
+    n, k = args.eval_images, args.max_tokens
+    via_serve = eval_ips({"name": model, "backend": "serve", "app": cfg.app_name}, n, k, tmp / "via-serve")
     serve.delete(cfg.app_name)
     serve.shutdown()
-    via_actors = eval_ips([*common, "--model", model], tmp / "via-actors")
+    via_actors = eval_ips({"name": model}, n, k, tmp / "via-actors")
 
     print(f"\n{'path':<28}{'clients':>8}{'requests':>10}{'errors':>8}{'req/s':>9}{'p50 s':>8}{'p99 s':>8}")
     for name, r in (("serve, one at a time", one), (f"serve, {args.clients} clients", many)):
