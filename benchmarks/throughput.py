@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     load_before = load_average()  # other work on the machine skews every rate: say how busy it was
-    from cluster.cli import tiny_model_corpus
+    from cluster.commands.models import tiny_model_corpus
     from serving.tiny_model import build_tiny_llava
 
     with tempfile.TemporaryDirectory(prefix="emt-bench-") as tmp:

@@ -5,7 +5,6 @@ import argparse
 import sys
 
 from cluster.commands import MODULES
-from cluster.commands.models import tiny_model_corpus  # noqa: F401  TEMP until benchmarks import it from there
 from serving.errors import EMTError
 
 
