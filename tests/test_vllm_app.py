@@ -142,16 +142,17 @@ def test_emt_serve_takes_a_cloud_prefix_as_adapters_dir_for_vllm(monkeypatch):
 
 @pytest.mark.skipif(VLLM_INSTALLED, reason="vllm is installed here")
 def test_without_vllm_the_app_and_emt_serve_stop_with_the_install_command(monkeypatch, capsys):
-    import ray
-
+    import cluster.runtime
     from cluster.cli import main
 
+    started = []
+    monkeypatch.setattr(cluster.runtime, "init_ray", lambda *a, **k: started.append(a))
     with pytest.raises(EMTError, match=r"pip install 'emt-cluster\[vllm\]'"):
         build_vllm_app(ServeConfig(model=LLAVA))
     monkeypatch.delenv("EMT_API_KEY", raising=False)
     assert main(["serve", "--model", LLAVA, "--backend", "vllm"]) == 2
     err = capsys.readouterr().err
     assert "emt: error: --backend vllm needs vLLM: pip install 'emt-cluster[vllm]'" in err
-    assert "Traceback" not in err and not ray.is_initialized()  # refused before Ray starts
+    assert "Traceback" not in err and not started  # refused before Ray starts
     assert main(["serve", "--model", LLAVA, "--backend", "vllm", "--api-key", "k"]) == 2  # config first
     assert "cannot require an API key" in capsys.readouterr().err
