@@ -7,15 +7,14 @@ meaningless (random weights), but every code path is the one a real CLIP goes th
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from tokenizers.processors import TemplateProcessing
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig
 
-from serving.tiny_model import BASE_CORPUS, train_tokenizer
+from serving.tiny_model import BASE_CORPUS, mark_tiny, tiny_image_processor, tiny_vision_config, train_tokenizer
 
 
 def build_tiny_clip(
@@ -56,23 +55,9 @@ def build_tiny_clip(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=hidden_size,
-    )
+    vision = tiny_vision_config(image_size, patch_size, hidden_size, layers)
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden_size)
     CLIPModel(config).eval().save_pretrained(out)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    (out / "EMT_TINY_MODEL.json").write_text(
-        json.dumps({"note": "random weights: embeddings are meaningless by design", "seed": seed}, indent=2)
-    )
+    CLIPProcessor(image_processor=tiny_image_processor(image_size), tokenizer=tokenizer).save_pretrained(out)
+    mark_tiny(out, "random weights: embeddings are meaningless by design", seed)
     return out

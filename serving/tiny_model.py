@@ -58,6 +58,23 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2048) -> PreTrained
     )
 
 
+def tiny_vision_config(image_size: int, patch_size: int, hidden_size: int, layers: int) -> CLIPVisionConfig:
+    """The CLIP vision tower both tiny models share (LLaVA's encoder is CLIP's)."""
+    return CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=layers,
+                            num_attention_heads=4, image_size=image_size, patch_size=patch_size,
+                            projection_dim=hidden_size)
+
+
+def tiny_image_processor(image_size: int) -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                 crop_size={"height": image_size, "width": image_size})
+
+
+def mark_tiny(out: Path, note: str, seed: int) -> None:
+    """A file that says, next to the weights, that they are random on purpose."""
+    (out / "EMT_TINY_MODEL.json").write_text(json.dumps({"note": note, "seed": seed}, indent=2))
+
+
 def build_tiny_llava(
     out_dir: str | Path,
     corpus: Iterable[str] = (),
@@ -74,15 +91,7 @@ def build_tiny_llava(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = train_tokenizer([*BASE_CORPUS, *corpus], vocab_size=vocab_size)
-    vision = CLIPVisionConfig(
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=hidden_size,
-    )
+    vision = tiny_vision_config(image_size, patch_size, hidden_size, layers)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -111,10 +120,7 @@ def build_tiny_llava(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(out)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
+    image_processor = tiny_image_processor(image_size)
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -124,7 +130,5 @@ def build_tiny_llava(
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
-    (out / "EMT_TINY_MODEL.json").write_text(
-        json.dumps({"note": "random weights: answers are junk by design", "seed": seed}, indent=2)
-    )
+    mark_tiny(out, "random weights: answers are junk by design", seed)
     return out
