@@ -24,6 +24,14 @@ class ModelConfig(StrictModel):
     dtype: str = "auto"
     device: str = "auto"
 
+    @model_validator(mode="after")
+    def _absolute_local_dir(self) -> "ModelConfig":
+        """A local model dir becomes absolute: Ray workers (Train, Serve, Data) do not share the driver's cwd."""
+        local = Path(self.name).expanduser()
+        if self.backend not in ("openai", "serve") and local.is_dir() and not local.is_absolute():
+            object.__setattr__(self, "name", str(local.resolve()))
+        return self
+
 
 class SamplingParams(StrictModel):
     """Decoding settings; part of every result's key, so equal settings mean equal cached answers."""
