@@ -87,3 +87,11 @@ def test_fingerprint_follows_content(tmp_path, tiny_model):
     cfg["note"] = "changed"
     (copy / "generation_config.json").write_text(json.dumps(cfg))
     assert model_fingerprint(str(copy)) != a
+
+
+def test_local_model_dirs_become_absolute_for_workers_with_another_cwd(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert ModelConfig(name="runs/m").name == str(tmp_path / "runs" / "m")
+    assert ModelConfig(name="llava-hf/llava-1.5-7b-hf").name == "llava-hf/llava-1.5-7b-hf"
+    assert ModelConfig(name="runs/m", backend="serve").name == "runs/m", "a served name is a name, not a path"
