@@ -19,3 +19,17 @@ def test_eval_experiment_files_are_valid(path):
     cfg = parse_config(EvalConfig, path, {})
     for ds in cfg.datasets:
         get_spec(ds.name)
+
+
+TUNE_EXPERIMENTS = [p for p in sorted(EXPERIMENTS[0].parent.glob("*.yaml")) if not p.name.startswith("eval")]
+
+
+@pytest.mark.parametrize("path", TUNE_EXPERIMENTS, ids=lambda p: p.name)
+def test_tune_experiment_files_are_valid(path):
+    from tuners.config import TuneConfig
+
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# emt tune --config ") and str(path.relative_to(path.parents[1])) in first
+    cfg = parse_config(TuneConfig, path, {})
+    assert set(cfg.search.space["method"]) == {"linear", "lora"}
+    assert len(cfg.search.space["train_dataset"]) >= 2 and len(cfg.eval.datasets) >= 3
