@@ -132,3 +132,20 @@ def test_objective_metrics_by_hand():
     assert m["objective"] == pytest.approx(0.7 - 2.0 * 0.15)
     assert objective_metrics(acc, base, {**cfg, "objective": "gain"})["objective"] == pytest.approx(0.7)
     assert objective_metrics(acc, base, {**cfg, "objective": "forgetting"})["objective"] == pytest.approx(-0.15)
+
+
+def test_grid_and_random_search_spaces(tmp_path, tiny_model):
+    from ray.tune.search.sample import Categorical, Float
+
+    from tuners.trials import param_space
+
+    path = experiment(tmp_path, tiny_model, lr={"loguniform": [1e-4, 1e-2]}, lora_r=[4, 8])
+    grid = param_space(parse_config(TuneConfig, path, {}))
+    assert grid["lora_r"] == {"grid_search": [4, 8]} and grid["method"] == {"grid_search": ["linear", "lora"]}
+    assert isinstance(grid["lr"], Float)
+    data = yaml.safe_load(path.read_text())
+    data["search"].update(algorithm="random", num_samples=3)
+    path.write_text(yaml.safe_dump(data))
+    rnd = param_space(parse_config(TuneConfig, path, {}))
+    assert isinstance(rnd["lora_r"], Categorical), "random search samples lists"
+    assert rnd["method"] == {"grid_search": ["linear", "lora"]}, "every method x dataset still gets its rows"

@@ -22,10 +22,14 @@ from tuners.recipe import train_loop_per_worker
 EXPERIMENT = "trials"
 
 
-def to_tune(value: Any) -> Any:
-    """A config value as a Tune search primitive: list -> grid, {dist: args} -> that distribution."""
+GRID_ALWAYS = ("method", "train_dataset")  # every method x dataset is a row of the matrix, whatever the search
+
+
+def to_tune(value: Any, random: bool = False) -> Any:
+    """A config value as a Tune search primitive: list -> grid (random search: a uniform choice),
+    {dist: args} -> that distribution."""
     if isinstance(value, list):
-        return tune.grid_search(value)
+        return tune.choice(value) if random else tune.grid_search(value)
     if isinstance(value, dict):
         (dist, args), = value.items()
         if dist == "grid":
@@ -37,7 +41,9 @@ def to_tune(value: Any) -> Any:
 
 
 def param_space(cfg: TuneConfig) -> dict[str, Any]:
-    space = {**cfg.defaults, **{k: to_tune(v) for k, v in cfg.search.space.items()}}
+    random = cfg.search.algorithm == "random"
+    space = {**cfg.defaults,
+             **{k: to_tune(v, random and k not in GRID_ALWAYS) for k, v in cfg.search.space.items()}}
     space.update(
         model=cfg.model.name, dtype=cfg.model.dtype, storage=str(Path(cfg.out).resolve() / "train"),
         train_split=cfg.train.split, train_limit=cfg.train.limit, train_seed=cfg.train.seed,
