@@ -138,8 +138,15 @@ def prepare(datasets: list[DatasetConfig], fingerprint: str, params: SamplingPar
 
 
 def judge_rows(table: pa.Table, work: dict[str, DatasetWork], judges: dict[str, dict[str, Judge]]) -> pa.Table:
-    """Add label_name and, per judge, correct_<judge> / category_<judge> to finished rows (judges[dataset][judge],
-    in config order); the first judge also fills correct / category."""
+    """Add label_name and, per judge, correct_<judge> / category_<judge> to stored rows (judges[dataset][judge],
+    in config order); the first judge also fills correct / category.
+
+    Runs on every (re)run over all of the run's answers, so verdicts always follow the judges asked for now: a judge
+    added later, or one that was down (judge_failed), is applied on the next run; the llm judge's cache makes
+    verdicts already given free."""
+    stale = [c for c in table.column_names if c in ("label_name", "correct", "category")
+             or c.startswith(("correct_", "category_"))]
+    table = table.drop_columns(stale)
     labels = table.column("label").to_pylist()
     outputs = table.column("output").to_pylist()
     datasets = table.column("dataset").to_pylist()
@@ -234,7 +241,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         def flush() -> None:
             nonlocal pending, last_flush
             if pending:
-                done = judge_rows(pa.concat_tables(pending), work, judges)
+                done = pa.concat_tables(pending)
                 store.write_part(done.append_column("model", pa.array([cfg.model.name] * done.num_rows))
                                  .append_column("model_fingerprint", pa.array([fingerprint] * done.num_rows)))
                 bar.update(done.num_rows)
@@ -253,5 +260,5 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         finally:
             flush()  # whatever finished is kept, whatever happened next
     bar.close()
-    samples = store.consolidate(wanted)
+    samples = store.write_samples(judge_rows(store.rows(wanted), work, judges))
     return write_summary(cfg.out, samples, cfg.model.name, json.loads(cfg.model_dump_json()))

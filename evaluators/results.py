@@ -94,14 +94,20 @@ class ResultStore:
         files = self.part_files()
         return {k for f in files for k in pq.read_table(f, columns=["key"]).column("key").to_pylist()}
 
-    def consolidate(self, keys: list[str]) -> pa.Table:
-        """Write samples.parquet with the stored rows of `keys` (this run's samples), sorted for reading."""
+    def rows(self, keys: list[str]) -> pa.Table:
+        """The stored rows of `keys` (this run's samples), sorted for reading."""
         table = self.read_all()
         if table is None:
             raise EMTError(f"no results stored in {self.parts}: nothing to summarise")
         table = table.filter(pa.compute.is_in(table.column("key"), value_set=pa.array(keys)))
-        table = table.sort_by([("dataset", "ascending"), ("sample_id", "ascending")])
+        return table.sort_by([("dataset", "ascending"), ("sample_id", "ascending")])
+
+    def write_samples(self, table: pa.Table) -> pa.Table:
+        """samples.parquet: the run's rows, most-read columns first."""
         lead = [c for c in LEADING_COLUMNS if c in table.column_names]
         table = table.select(lead + [c for c in table.column_names if c not in lead])
         atomic_write_parquet(table, self.out / "samples.parquet")
         return table
+
+    def consolidate(self, keys: list[str]) -> pa.Table:
+        return self.write_samples(self.rows(keys))

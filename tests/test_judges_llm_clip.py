@@ -248,12 +248,33 @@ def test_several_judges_in_one_eval_run(multi_judge_run):
     assert "| digits | rule vs clip |" in md and "Cohen's kappa" in md and "| shapes | llm |" in md
 
 
-def test_rerun_with_the_judge_cache_asks_nothing(multi_judge_run, monkeypatch):
+def test_rerun_regenerates_nothing_and_asks_the_judge_only_what_it_failed(multi_judge_run, monkeypatch):
     out, server, args = multi_judge_run
     monkeypatch.setenv("EMT_CACHE_DIR", str(out.parent / "cache"))
+    failed = [r for r in pq.read_table(out / "samples.parquet").to_pylist() if r["category_llm"] == JUDGE_FAILED]
     before, parts = len(server.calls), sorted((out / "parts").iterdir())
     assert main(args) == 0
-    assert len(server.calls) == before and sorted((out / "parts").iterdir()) == parts
+    assert sorted((out / "parts").iterdir()) == parts, "no answer generated twice"
+    asked = server.calls[before:]
+    assert len(asked) <= len(failed), "cached verdicts cost nothing; only judge_failed answers are asked again"
+
+
+def test_judges_follow_the_current_run_over_every_stored_answer(multi_judge_run, tmp_path):
+    """Rerunning a finished directory with other judges regenerates nothing and re-judges every stored answer."""
+    import shutil
+
+    out, _, args = multi_judge_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    parts = sorted((copy / "parts").iterdir())
+    flags = {"--judge", "--judge-endpoint", "--judge-model", "--clip-model", "--out"}
+    kept = [a for i, a in enumerate(args) if a not in flags and (i == 0 or args[i - 1] not in flags)]
+    assert main([*kept, "--judge", "rule", "--out", str(copy)]) == 0
+    assert sorted((copy / "parts").iterdir()) == parts, "no answer generated twice"
+    rows = pq.read_table(copy / "samples.parquet").to_pylist()
+    assert len(rows) == 40
+    assert all((r["correct"], r["category"]) == (r["correct_rule"], r["category_rule"]) for r in rows)
+    assert not any(k.endswith(("_llm", "_clip")) for k in rows[0]), "verdicts follow the judges asked for now"
 
 
 def test_emt_judge_with_several_judges(tmp_path, chat_server, capsys, monkeypatch):
