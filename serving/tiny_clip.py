@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import torch
 from tokenizers.processors import TemplateProcessing
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig
 
-from serving.tiny_model import BASE_CORPUS, mark_tiny, tiny_image_processor, tiny_vision_config, train_tokenizer
+from serving.tiny_model import mark_tiny, start_tiny, tiny_image_processor, tiny_vision_config
 
 
 def build_tiny_clip(
@@ -29,10 +28,7 @@ def build_tiny_clip(
     seed: int = 0,
 ) -> Path:
     """Write a tiny CLIP model directory (config, safetensors, tokenizer, processor) and return its path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    tokenizer = train_tokenizer([*BASE_CORPUS, *corpus], vocab_size=vocab_size)
+    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
     # CLIP pools the text at its end-of-text token (found by id; the id 2 means a legacy rule, so CLIP's own
     # tokens are added) and masks causally: wrap every text in start/end tokens and pad on the right.
     bos, eos = "<|startoftext|>", "<|endoftext|>"

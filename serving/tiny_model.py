@@ -58,6 +58,14 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2048) -> PreTrained
     )
 
 
+def start_tiny(out_dir: str | Path, corpus: Iterable[str], vocab_size: int, seed: int):
+    """The output dir, a seeded torch RNG (same seed, same weights) and a tokenizer trained on the corpus."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    return out, train_tokenizer([*BASE_CORPUS, *corpus], vocab_size=vocab_size)
+
+
 def tiny_vision_config(image_size: int, patch_size: int, hidden_size: int, layers: int) -> CLIPVisionConfig:
     """The CLIP vision tower both tiny models share (LLaVA's encoder is CLIP's)."""
     return CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=layers,
@@ -87,10 +95,7 @@ def build_tiny_llava(
     seed: int = 0,
 ) -> Path:
     """Write a tiny LLaVA model directory (config, safetensors, tokenizer, processor) and return its path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    tokenizer = train_tokenizer([*BASE_CORPUS, *corpus], vocab_size=vocab_size)
+    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
     vision = tiny_vision_config(image_size, patch_size, hidden_size, layers)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
