@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,7 +28,10 @@ def free_port() -> int:
 def ray_head(tmp_path):
     """`ray start --head --block` in its own session; teardown kills exactly its process tree (never `ray stop`)."""
     dashboard = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    # Ray >= 2.59 authenticates with a token: this head and its client share one made here, so the test needs no
+    # ~/.ray/auth_token (a fresh CI machine has none) and leaves none behind.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=4",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
