@@ -74,6 +74,65 @@ def load_average() -> float | None:
         return None
 
 
+class ForeignLoad:
+    """Samples, in a thread, how many cores processes outside this benchmark's own tree (this driver, the Ray it
+    starts and Ray's workers) are using. Another job on a 2-core machine can cut every rate here several-fold,
+    so each phase reports the foreign cores seen while it ran."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import threading
+
+        self.interval, self.samples, self._stop = interval, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ours(self, psutil) -> dict[int, float]:
+        procs = [psutil.Process()]
+        try:
+            procs += procs[0].children(recursive=True)
+        except psutil.Error:
+            pass
+        times = {}
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                times[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return times
+
+    def _run(self) -> None:
+        import psutil
+
+        def busy() -> float:
+            t = psutil.cpu_times()
+            return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+
+        last_t, last_busy, last_ours = time.perf_counter(), busy(), self._ours(psutil)
+        while not self._stop.wait(self.interval):
+            now, b, ours = time.perf_counter(), busy(), self._ours(psutil)
+            own = sum(ours[pid] - last_ours.get(pid, 0.0) for pid in ours)  # a new process counts from zero
+            self.samples.append((now, max(0.0, (b - last_busy) - own) / (now - last_t)))
+            last_t, last_busy, last_ours = now, b, ours
+
+    def __enter__(self) -> "ForeignLoad":
+        try:
+            import psutil  # noqa: F401  (Ray depends on it; without it the check is skipped)
+        except ImportError:
+            return self
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def cores(self, start: float, end: float) -> float | None:
+        """Mean foreign cores over samples taken in [start, end] (perf_counter seconds)."""
+        inside = [c for t, c in self.samples if start <= t <= end + self.interval]
+        return round(sum(inside) / len(inside), 2) if inside else None
+
+
 def decode(data: bytes):
     from PIL import Image
 
@@ -108,7 +167,8 @@ def run_naive(model_dir: Path, samples: list[tuple[str, bytes]], max_tokens: int
         one(prompt, data)
     seconds = time.perf_counter() - start
     return {"images": len(samples), "seconds": seconds, "ips": len(samples) / seconds,
-            "threads": torch.get_num_threads(), "cores_used": (cpu_seconds() - cpu0) / seconds}
+            "window": (start, start + seconds), "threads": torch.get_num_threads(),
+            "cores_used": (cpu_seconds() - cpu0) / seconds}
 
 
 def run_raw(model_dir: Path, samples: list[tuple[str, bytes]], max_tokens: int, batch_size: int) -> dict:
@@ -132,6 +192,7 @@ def run_raw(model_dir: Path, samples: list[tuple[str, bytes]], max_tokens: int, 
     seconds = time.perf_counter() - start
     assert tokens <= max_tokens * len(requests)
     return {"images": len(requests), "seconds": seconds, "ips": len(requests) / seconds, "load_s": load_s,
+            "window": (start, start + seconds),
             "threads": torch.get_num_threads(), "cores_used": (cpu_seconds() - cpu0) / seconds}
 
 
@@ -162,7 +223,7 @@ def run_pipeline(model_dir: Path, limits: list[tuple[str, int]], out: Path, max_
         compute=ComputeConfig(replicas=replicas, batch_size=batch_size, flush_rows=flush_rows),
         out=out,
     )
-    t0_ns = time.time_ns()
+    t0_ns, t0_pc = time.time_ns(), time.perf_counter()
     init_ray(cfg.compute.address, cfg.compute.num_cpus)
     ray_init_s = (time.time_ns() - t0_ns) / 1e9
     try:
@@ -180,7 +241,8 @@ def run_pipeline(model_dir: Path, limits: list[tuple[str, int]], out: Path, max_
         "images": steady_rows, "seconds": steady_s, "ips": steady_rows / steady_s if steady_s > 0 else float("nan"),
         "total_images": total, "total_s": (end_ns - t0_ns) / 1e9, "ray_init_s": ray_init_s,
         "startup_s": (first_ns - t0_ns) / 1e9, "parts": len(parts),
-        "max_part_gap_s": max(gaps) if gaps else 0.0
+        "max_part_gap_s": max(gaps) if gaps else 0.0,
+        "window": (t0_pc + (first_ns - t0_ns) / 1e9, t0_pc + (last_ns - t0_ns) / 1e9),
     }
 
 
@@ -217,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cluster.commands.models import tiny_model_corpus
     from serving.tiny_model import build_tiny_llava
 
-    with tempfile.TemporaryDirectory(prefix="emt-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="emt-bench-") as tmp, ForeignLoad() as foreign:
         tmp = Path(tmp)
         model_dir = build_tiny_llava(tmp / "tiny-model", tiny_model_corpus())
         limits = dataset_limits(args.images)
@@ -230,14 +292,18 @@ def main(argv: list[str] | None = None) -> dict:
               f"batch {args.batch_size}; {os.cpu_count()} CPUs", flush=True)
 
         naive = run_naive(model_dir, naive_samples, args.max_tokens)
+        naive["foreign_cores"] = foreign.cores(*naive["window"])
         print(f"naive: {naive['ips']:.1f} images/s", flush=True)
         raw = run_raw(model_dir, samples, args.max_tokens, args.batch_size)
+        raw["foreign_cores"] = foreign.cores(*raw["window"])
         print(f"raw: {raw['ips']:.1f} images/s", flush=True)
         pipe = run_pipeline(model_dir, limits, tmp / "eval", args.max_tokens, args.batch_size, args.replicas,
                             args.flush_rows)
+        pipe["foreign_cores"] = foreign.cores(*pipe["window"])
         print(f"pipeline: {pipe['ips']:.1f} images/s steady, startup {pipe['startup_s']:.1f} s", flush=True)
 
-    end_to_end = {"images": pipe["total_images"], "seconds": pipe["total_s"], "ips": pipe["total_images"] / pipe["total_s"]}
+    end_to_end = {"images": pipe["total_images"], "seconds": pipe["total_s"],
+                  "ips": pipe["total_images"] / pipe["total_s"]}
     print()
     print(table([("naive (1 per generate)", naive), ("raw engine (batched)", raw), ("pipeline (steady)", pipe),
                  ("pipeline (end to end)", end_to_end)], naive["ips"], raw["ips"]))
@@ -261,9 +327,20 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": {"naive": naive["threads"], "raw": raw["threads"]},
         "cores_used": {"naive": round(naive["cores_used"], 2), "raw": round(raw["cores_used"], 2)},
         "cpu_count": os.cpu_count(),
-        "loadavg_1m": {"start": load_before, "end": load_average()},
+        "foreign_cores": {name: r["foreign_cores"] for name, r in (("naive", naive), ("raw", raw), ("pipeline", pipe))},
+        "loadavg_1m": {"start": round(load_before or 0, 2), "end": round(load_average() or 0, 2)},
         "versions": versions(),
     }
+    busy = [f"{name}: other processes used {r['foreign_cores']} cores" for name, r in
+            (("naive", naive), ("raw", raw), ("pipeline", pipe)) if (r["foreign_cores"] or 0) > 0.25]
+    busy += [f"{name} got {r['cores_used']:.2f} cores for {r['threads']} threads" for name, r in
+             (("naive", naive), ("raw", raw)) if r["cores_used"] < 0.8 * r["threads"]]
+    if busy:  # torch's threads stall on each other when another process holds a core: rates drop up to 10x
+        print("WARNING: other work shared this machine during the run (" + "; ".join(busy) + "): rerun when idle")
+    if pipe["parts"] < 8:  # parts land in bursts of a block each: a few of them make no steady state
+        print(f"WARNING: the pipeline wrote only {pipe['parts']} parts: its steady rate is unreliable; "
+              "use more --images or a smaller --flush-rows")
+    result["contended"] = bool(busy)
     print(json.dumps(result))
     return result
 
