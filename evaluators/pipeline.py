@@ -74,7 +74,9 @@ class EngineReplica:
     def __init__(self, model: dict, params: dict, batch_size: int, replicas: int) -> None:
         import torch
 
-        threads = None if torch.cuda.is_available() else max(1, (os.cpu_count() or 1) // replicas)
+        # Ray workers run at nice 15: leave one core to the driver and Ray, or every torch op waits for the thread
+        # that lost its core (measured on 2 cores: 0.65x -> 0.82x the bare engine; 22 -> 830 images/s under load).
+        threads = None if torch.cuda.is_available() else max(1, ((os.cpu_count() or 1) - 1) // replicas)
         self.engine = load_engine(ModelConfig(**model), max_batch_size=batch_size, num_threads=threads)
         self.params = SamplingParams(**params)
 
