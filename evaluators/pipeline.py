@@ -29,6 +29,7 @@ from evaluators.summary import write_summary
 from serving.config import ModelConfig, SamplingParams
 from serving.engine import REMOTE_BACKENDS, GenerationRequest, engine_class, engine_fingerprint, load_engine
 from serving.errors import EMTError
+from serving.faults import fault_point
 
 
 BLOCK_BATCHES = 4  # measured: 1 -> 0.62x the bare engine, 4 -> 0.84x (benchmarks/throughput.py, 2 cores)
@@ -248,6 +249,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                                  .append_column("model_fingerprint", pa.array([fingerprint] * done.num_rows)))
                 bar.update(done.num_rows)
                 pending, last_flush = [], time.monotonic()
+                fault_point("eval.part_written")
 
         try:
             for batch in build_dataset(cfg, todo).iter_batches(batch_format="pyarrow", batch_size=None):

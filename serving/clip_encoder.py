@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from serving.engine import model_source
+from serving.locate import model_source
 from serving.errors import EMTError
 from serving.transformers_engine import pick_device_and_dtype
 
@@ -24,7 +24,7 @@ def load_clip(model: str, device: str = "auto", dtype: str = "auto", revision: s
     from transformers import AutoProcessor, CLIPModel
 
     device, torch_dtype = pick_device_and_dtype(device, dtype)
-    source = model_source(model)
+    source = model_source(model, revision, what="CLIP model")
     try:
         processor = AutoProcessor.from_pretrained(source, revision=revision)
         net = CLIPModel.from_pretrained(source, revision=revision, dtype=torch_dtype)

@@ -11,12 +11,12 @@ import hashlib
 import importlib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from PIL import Image
 
 from serving.config import ModelConfig, SamplingParams
-from serving.errors import EMTError
+from serving.locate import model_source
 from serving.registry import Registry
 
 
@@ -54,6 +54,12 @@ class Engine(abc.ABC):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """One answer per request, in request order."""
 
+    def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[dict[int, str | Generation]]:
+        """`generate` step by step, for servers that stream: each item maps request indexes to their new text, and a
+        request's last entry is its `Generation`, whose text starts with all the text handed out before it. This
+        default hands out whole answers, so every backend can be streamed."""
+        yield dict(enumerate(self.generate(requests)))
+
     def load_adapter(self, name: str, path: str) -> None:
         """Make a fine-tuned variant (see serving.adapters) answerable as `GenerationRequest(adapter=name)`.
 
@@ -79,22 +85,9 @@ ENGINES.register("openai", "serving.remote_engines:OpenAIEngine")
 ENGINES.register("serve", "serving.remote_engines:ServeEngine")
 
 
-def model_source(model: str) -> str:
-    """A local model directory (absolute) or a hub id; anything else is an error raised before work starts."""
-    local = Path(model).expanduser()
-    if local.is_dir():
-        return str(local.resolve())
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise EMTError(
-            f"model '{model}' is neither a local model directory nor a hub id like 'llava-hf/llava-1.5-7b-hf': "
-            "check the path, or make a tiny test model with `emt tiny-model DIR`"
-        )
-    return model
-
-
 def model_fingerprint(model: str, revision: str | None = None) -> str:
     """A short id that changes when the model changes: content of a local dir, or hub id + revision."""
-    path = Path(model_source(model))
+    path = Path(model_source(model, revision))
     h = hashlib.sha256()
     if path.is_dir():
         for f in sorted(path.rglob("*")):

@@ -8,16 +8,22 @@ import contextlib
 import hashlib
 import itertools
 import os
+import queue
+import re
+import threading
 from typing import Iterator, Sequence
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from serving.adapters import adapter_kind, load_projector_state, projector_module
 from serving.config import ModelConfig, SamplingParams
-from serving.engine import Engine, Generation, GenerationRequest, model_source
+from serving.engine import Engine, Generation, GenerationRequest
+from serving.locate import model_source
 from serving.errors import EMTError, UnknownNameError
 
 FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"
+LAST_WORD = re.compile(r"\s*\S*\s*\Z")  # with the whitespace around it: what a streamed answer holds back
 
 
 def pick_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
@@ -185,6 +191,19 @@ class TransformersEngine(Engine):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         results: list[Generation | None] = [None] * len(requests)
+        for chunk, params in self._batches(requests):
+            for i, out in zip(chunk, self._generate_batch([requests[i] for i in chunk], params)):
+                results[i] = out
+        return results  # type: ignore[return-value]
+
+    def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[dict[int, str | Generation]]:
+        for chunk, params in self._batches(requests):
+            for step in self._stream_batch([requests[i] for i in chunk], params):
+                yield {chunk[j]: item for j, item in step.items()}
+
+    def _batches(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[list[int], SamplingParams]]:
+        """Request indexes in micro-batches that share sampling params and adapter, that adapter in effect while the
+        caller works on each."""
         def key(i: int) -> tuple:
             return requests[i].params, requests[i].adapter or "", requests[i].image is None
 
@@ -193,14 +212,59 @@ class TransformersEngine(Engine):
             idx = list(group)
             with self._adapter_active(adapter or None):
                 for start in range(0, len(idx), self.max_batch_size):
-                    chunk = idx[start : start + self.max_batch_size]
-                    outs = self._generate_batch([requests[i] for i in chunk], params)
-                    for i, out in zip(chunk, outs):
-                        results[i] = out
-        return results  # type: ignore[return-value]
+                    yield idx[start : start + self.max_batch_size], params
 
     @torch.inference_mode()
     def _generate_batch(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        inputs, gen_kwargs = self._inputs(batch, params)
+        new_tokens = self.model.generate(**inputs, **gen_kwargs)[:, inputs["input_ids"].shape[1] :]
+        prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        return [self._generation(row.tolist(), n) for row, n in zip(new_tokens, prompt_counts)]
+
+    def _stream_batch(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> Iterator[dict[int, str | Generation]]:
+        """`_generate_batch` step by step: each row's new settled text, and its `Generation` once the row has ended
+        (at eos, or with the batch)."""
+        inputs, gen_kwargs = self._inputs(batch, params)
+        tok = self.processor.tokenizer
+        rows = [_Row(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
+        for step in self._steps(inputs, gen_kwargs):
+            news: dict[int, str | Generation] = {}
+            for j, (row, token) in enumerate(zip(rows, step)):
+                if row.ended:
+                    continue
+                row.ids.append(token)
+                row.ended = token == tok.eos_token_id
+                if item := self._generation(row.ids, row.prompt_tokens) if row.ended else row.new_text(tok):
+                    news[j] = item
+            if news:
+                yield news
+        yield {j: self._generation(row.ids, row.prompt_tokens) for j, row in enumerate(rows) if not row.ended}
+
+    def _steps(self, inputs, gen_kwargs: dict) -> Iterator[list[int]]:
+        """Each step's new token ids (one per row) while `generate` runs in a thread; an error there is raised here,
+        and a caller that leaves early stops it."""
+        streamer = _StepQueue()
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**inputs, **gen_kwargs, streamer=streamer)
+            except BaseException as err:  # any: a reader left waiting would hang
+                streamer.steps.put(err)
+
+        thread = threading.Thread(target=run, name="generate-stream", daemon=True)
+        thread.start()
+        try:
+            while (step := streamer.steps.get()) is not None:
+                if isinstance(step, BaseException):
+                    raise step
+                yield step
+        finally:
+            streamer.cancelled = True
+            thread.join()
+
+    def _inputs(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> tuple:
+        """The batch's model inputs (left-padded) and `generate`'s arguments for `params`."""
         texts = [self.render(r) for r in batch]
         images = [r.image.convert("RGB") for r in batch if r.image is not None] or None
         inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
@@ -213,19 +277,49 @@ class TransformersEngine(Engine):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
-        out = self.model.generate(**inputs, **gen_kwargs)
-        prompt_len = inputs["input_ids"].shape[1]
-        new_tokens = out[:, prompt_len:]
+        return inputs, gen_kwargs
+
+    def _generation(self, new_ids: list[int], prompt_tokens: int) -> Generation:
+        """One row's answer, the same streamed or not: cut at eos, pad ids dropped, decoded, stripped."""
         tok = self.processor.tokenizer
-        prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
-        results = []
-        for row, n_prompt in zip(new_tokens, prompt_counts):
-            ids = row.tolist()
-            finish = "length"
-            if tok.eos_token_id in ids:
-                ids = ids[: ids.index(tok.eos_token_id)]
-                finish = "stop"
-            ids = [t for t in ids if t != tok.pad_token_id]
-            text = tok.decode(ids, skip_special_tokens=True).strip()
-            results.append(Generation(text=text, prompt_tokens=int(n_prompt), completion_tokens=len(ids), finish_reason=finish))
-        return results
+        finish = "length"
+        if tok.eos_token_id in new_ids:
+            new_ids = new_ids[: new_ids.index(tok.eos_token_id)]
+            finish = "stop"
+        ids = [t for t in new_ids if t != tok.pad_token_id]
+        text = tok.decode(ids, skip_special_tokens=True).strip()
+        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(ids), finish_reason=finish)
+
+
+class _Row:
+    """One row of a streamed batch: its new token ids, and how much of its text has been handed out."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens, self.ids, self.sent, self.ended = prompt_tokens, [], 0, False
+
+    def new_text(self, tok) -> str:
+        """Text not handed out yet, up to the whitespace before the last word: that word may still grow or change
+        (tokenizers tidy the spaces before punctuation), and the final answer loses trailing whitespace."""
+        text = tok.decode([t for t in self.ids if t != tok.pad_token_id], skip_special_tokens=True).lstrip()
+        settled = text[: LAST_WORD.search(text).start()]
+        new, self.sent = settled[self.sent :], max(self.sent, len(settled))
+        return new
+
+
+class _StepQueue(BaseStreamer):
+    """Hands `generate`'s new token ids from its thread to the reader, a list per step; once `cancelled`, the next
+    step raises, which ends `generate`."""
+
+    def __init__(self) -> None:
+        self.steps: queue.Queue = queue.Queue()
+        self.cancelled, self.prompt_seen = False, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.cancelled:
+            raise RuntimeError("generation cancelled: its reader has gone")
+        if self.prompt_seen:  # the first call carries the prompt ids
+            self.steps.put(value.tolist())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        self.steps.put(None)

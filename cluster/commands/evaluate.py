@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TypeVar
+from typing import Callable, TypeVar
 
+from serving.engine import REMOTE_BACKENDS
 from serving.errors import EMTError
+from serving.locate import model_source
 
 M = TypeVar("M")
 
@@ -89,16 +91,28 @@ def eval_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def start_run(config_cls: type[M], args: argparse.Namespace, overrides: dict) -> M:
-    """Parse the run's config (file + flags) and join or start Ray; errors before any work is done."""
+def start_run(config_cls: type[M], args: argparse.Namespace, overrides: dict,
+              models: Callable[[M], list[tuple[str, str | None, str]]]) -> M:
+    """Parse the run's config (file + flags), check that every model it loads can be found, then join or start
+    Ray: bad input fails in seconds, before any Ray work. `models` lists (name, revision, role) to check."""
     from cluster.config import parse_config
     from cluster.runtime import init_ray
 
     if args.config is None and args.datasets is None:
         raise EMTError("no dataset given: pass --dataset NAME (see `emt datasets`) or --config FILE")
     cfg = parse_config(config_cls, args.config, overrides)
+    for name, revision, what in models(cfg):
+        model_source(name, revision, what=what)
     init_ray(cfg.compute.address, cfg.compute.num_cpus)
     return cfg
+
+
+def eval_models(cfg) -> list[tuple[str, str | None, str]]:
+    """The models an evaluation loads here: the MLLM unless it runs behind a server, the CLIP judge's if asked."""
+    models = [] if cfg.model.backend in REMOTE_BACKENDS else [(cfg.model.name, cfg.model.revision, "model")]
+    if "clip" in cfg.judges:
+        models.append((cfg.judge.clip_model, None, "CLIP judge model"))
+    return models
 
 
 def report(out: Path, summary: dict) -> int:
@@ -111,7 +125,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from evaluators.config import EvalConfig
     from evaluators.pipeline import evaluate
 
-    cfg = start_run(EvalConfig, args, eval_overrides(args))
+    cfg = start_run(EvalConfig, args, eval_overrides(args), eval_models)
     return report(cfg.out, evaluate(cfg, progress=not args.no_progress))
 
 

@@ -34,7 +34,7 @@ def serve_config(args: argparse.Namespace):
 
     from serving.adapters import AdapterCatalog
     from serving.config import ServeConfig
-    from serving.engine import model_source
+    from serving.locate import model_source
     from serving.vllm_app import is_cloud_uri
 
     vllm = args.backend == "vllm"
@@ -68,6 +68,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from cluster.runtime import init_ray
+    from serving.deploy import run_app
     from serving.serve_app import build_app
 
     ray_was_running = ray.is_initialized()
@@ -91,7 +92,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if not serve_was_running:
             serve.start(http_options={"host": cfg.host, "port": cfg.port})
         deployed = True
-        serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix)
+        run_app(app, cfg.app_name, cfg.route_prefix)
         where = f"http://{cfg.host}:{cfg.port}/v1" if not serve_was_running else "the running Serve's HTTP address"
         print(f"serving {', '.join([cfg.model.name, *sorted(cfg.adapters)])} at {where} "
               f"(ready in {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops it)", flush=True)

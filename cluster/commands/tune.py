@@ -7,10 +7,12 @@ import argparse
 def run_tune(args: argparse.Namespace) -> int:
     from cluster.config import parse_config
     from cluster.runtime import init_ray
+    from serving.locate import model_source
     from tuners.config import TuneConfig
     from tuners.experiment import run_experiment
 
     cfg = parse_config(TuneConfig, args.config, {"out": args.out})
+    model_source(cfg.model.name, cfg.model.revision)  # before Ray: a missing model fails in seconds, not minutes
     init_ray(cfg.address, cfg.num_cpus)
     out = run_experiment(cfg, resume=args.resume)
     print((out / "matrix.md").read_text())

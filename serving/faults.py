@@ -1,0 +1,58 @@
+"""Fault injection: tests stop a run at a known point instead of racing a timer against it.
+
+`EMT_FAULT="POINT:N:ACTION"` makes the N-th arrival of this process at `fault_point(POINT)` do ACTION:
+
+    sigint   SIGINT to this process, as a user's Ctrl-C (the main thread raises KeyboardInterrupt)
+    sigkill  SIGKILL to this process's group: the machine dying (start the run with start_new_session=True)
+    hang     this thread stops for good; the test kills the run, and nothing passes this point meanwhile
+    raise    RuntimeError at this point
+
+`EMT_FAULT_FILE=PATH`, if set, is created just before the action, so a test waits on a state that can no longer
+change rather than on a clock. Points: `eval.part_written` (a part file of answers is on disk),
+`tune.row_evaluated` (a checkpoint's row of the matrix is evaluated on every dataset).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+FAULT_ENV = "EMT_FAULT"
+FAULT_FILE_ENV = "EMT_FAULT_FILE"
+ACTIONS = ("sigint", "sigkill", "hang", "raise")
+
+_arrivals: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def parse_fault(spec: str) -> tuple[str, int, str]:
+    point, n, action = (spec.split(":") + ["", ""])[:3]
+    if not n.isdigit() or action not in ACTIONS:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected POINT:N:ACTION with ACTION one of {', '.join(ACTIONS)}")
+    return point, int(n), action
+
+
+def fault_point(name: str) -> None:
+    """Count an arrival at `name`; fire the configured fault on its N-th arrival. Free when EMT_FAULT is unset."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, n, action = parse_fault(spec)
+    if point != name:
+        return
+    with _lock:
+        _arrivals[name] = _arrivals.get(name, 0) + 1
+        if _arrivals[name] != n:
+            return
+    marker = os.environ.get(FAULT_FILE_ENV)
+    if marker:
+        Path(marker).write_text(f"{name}:{n}:{action}\n")
+    if action == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+    elif action == "sigkill":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    elif action == "hang":
+        threading.Event().wait()
+    else:
+        raise RuntimeError(f"injected fault at {name} (arrival {n}, {FAULT_ENV})")
