@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
-from cluster.cli import main
+from cluster.cli import run
 
 
 def job_main(argv: list[str]) -> int:
     os.environ.setdefault("RAY_ADDRESS", "auto")  # inside a job Ray sets it; outside, join the local head
-    return main(argv)
+    return run(argv)
 
 
 if __name__ == "__main__":

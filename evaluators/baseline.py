@@ -25,6 +25,7 @@ from evaluators.results import ResultStore
 from evaluators.summary import write_summary
 from serving.clip_encoder import ClipEncoder
 from serving.config import ModelConfig, SamplingParams
+from serving import terminal
 from serving.engine import model_fingerprint
 
 NO_SAMPLING = SamplingParams()  # keys share the eval's sample_key; CLIP has no decoding, so this is a constant
@@ -96,7 +97,7 @@ def clip_baseline(cfg: BaselineConfig, *, progress: bool = True) -> dict:
                    prompt_for=lambda spec: clip_prompt(spec.kind, "{class}"))
     todo = pa.concat_tables([w.todo for w in work])
     wanted = [k for w in work for k in w.keys]
-    with tqdm(total=len(wanted), initial=len(wanted) - todo.num_rows, desc=f"baseline {cfg.clip.name}", unit="img",
+    with tqdm(total=len(wanted), initial=len(wanted) - todo.num_rows, desc=f"baseline {cfg.clip.name}", unit="img", file=terminal.err(),
               disable=not progress, mininterval=1.0) as bar:
         if todo.num_rows:
             for batch in build_dataset(cfg, todo).iter_batches(batch_format="pyarrow",

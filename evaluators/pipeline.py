@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import ray
 from PIL import Image
@@ -28,6 +27,7 @@ from evaluators.results import ResultStore
 from evaluators.summary import write_summary
 from serving.config import ModelConfig, SamplingParams
 from serving.engine import REMOTE_BACKENDS, GenerationRequest, engine_class, engine_fingerprint, load_engine
+from serving import terminal
 from serving.errors import EMTError
 from serving.faults import fault_point
 
@@ -235,7 +235,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     todo = pa.concat_tables([w.todo for w in work.values()])
     wanted = [k for w in work.values() for k in w.keys]
     total = len(wanted)
-    bar = tqdm(total=total, initial=total - todo.num_rows, desc=f"eval {cfg.model.name}", unit="img",
+    bar = tqdm(total=total, initial=total - todo.num_rows, desc=f"eval {cfg.model.name}", unit="img", file=terminal.err(),
                disable=not progress, mininterval=1.0)
     if todo.num_rows:
         pending: list[pa.Table] = []

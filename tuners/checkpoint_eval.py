@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import threading
 from pathlib import Path
 
@@ -21,13 +20,13 @@ from evaluators.pipeline import evaluate
 from serving.adapters import adapter_kind
 from serving.config import ModelConfig, ServeConfig
 from serving.deploy import run_app
+from serving import terminal
 from serving.errors import EMTError
 from serving.faults import fault_point
 from serving.serve_app import build_app
 from tuners.config import TuneConfig
 from tuners.recipe import CHECKPOINT_META, STATE_FILE
 
-log = logging.getLogger(__name__)
 APP = "emt-tune"
 
 
@@ -126,7 +125,7 @@ class CheckpointEvaluator:
                                 compute=ComputeConfig(replicas=self.cfg.eval.concurrency, batch_size=self.cfg.eval.batch_size),
                                 out=row_dir / ds.name), progress=False)
         write_matrix(self.out)
-        log.warning("evaluated %s on %s", row.row_id, ", ".join(d.name for d in self.cfg.eval.datasets))
+        terminal.say(f"evaluated {row.row_id} on {', '.join(d.name for d in self.cfg.eval.datasets)}")
         fault_point("tune.row_evaluated")
 
     def finish(self, evaluate_remaining: bool = True) -> None:

@@ -85,6 +85,7 @@ def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
                                     num_samples=cfg.search.num_samples,
                                     max_concurrent_trials=cfg.resources.max_concurrent_trials),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), callbacks=logger_callbacks(cfg),
+                                  verbose=0,  # our stage lines and the matrix say it; Tune's tables go to its logs
                                   failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
     )
 

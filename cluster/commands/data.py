@@ -5,6 +5,7 @@ import argparse
 import json
 
 from cluster.commands.evaluate import add_judge_args, judge_overrides
+from serving import terminal
 
 
 def run_datasets(args: argparse.Namespace) -> int:
@@ -12,10 +13,10 @@ def run_datasets(args: argparse.Namespace) -> int:
 
     rows = describe()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        terminal.say(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{r['name']:<14} {r['kind']:<7} {r['classes']:>4} classes  {r['source']:<24} {r['description']}")
+        terminal.say(f"{r['name']:<14} {r['kind']:<7} {r['classes']:>4} classes  {r['source']:<24} {r['description']}")
     return 0
 
 
@@ -28,7 +29,7 @@ def run_judge(args: argparse.Namespace) -> int:
     settings = JudgeConfig(**{k: v for k, v in judge_overrides(args).items() if v is not None})
     stats = judge_jsonl(spec.classes, spec.kind, args.input, args.output, judge_name=args.judges or ["rule"],
                         settings=settings)
-    print(json.dumps(stats, indent=2))
+    terminal.say(json.dumps(stats, indent=2))
     return 0
 
 

@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from cluster import console
+from serving import terminal
 from serving.engine import REMOTE_BACKENDS
 from serving.errors import EMTError
 from serving.locate import model_source
@@ -115,9 +117,15 @@ def eval_models(cfg) -> list[tuple[str, str | None, str]]:
     return models
 
 
+def print_log_path() -> None:
+    if console.log_path():
+        terminal.say(f"logs: {console.log_path()}")
+
+
 def report(out: Path, summary: dict) -> int:
-    print((Path(out) / "summary.md").read_text())
-    print(f"results: {out}/samples.parquet, {out}/summary.json, {out}/summary.md")
+    terminal.say((Path(out) / "summary.md").read_text())
+    terminal.say(f"results: {out}/samples.parquet, {out}/summary.json, {out}/summary.md")
+    print_log_path()
     return 0 if summary["datasets"] else 1
 
 

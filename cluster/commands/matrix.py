@@ -4,15 +4,16 @@ from __future__ import annotations
 import argparse
 
 from evaluators.forgetting import OBJECTIVES
+from serving import terminal
 
 
 def run_matrix(args: argparse.Namespace) -> int:
     from evaluators.report import write_report
 
     paths = write_report(args.dir, objective=args.objective, weight=args.weight)
-    print(paths["matrix.md"].read_text())
+    terminal.say(paths["matrix.md"].read_text())
     for name, path in paths.items():
-        print(f"{name:<15} {path}")
+        terminal.say(f"{name:<15} {path}")
     return 0
 
 

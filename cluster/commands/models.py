@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from cluster.commands.evaluate import add_eval_args, run_eval
+from serving import terminal
 
 
 def tiny_model_corpus() -> list[str]:
@@ -25,7 +26,7 @@ def run_tiny_model(args: argparse.Namespace) -> int:
     from serving.tiny_model import build_tiny_llava
 
     path = build_tiny_llava(args.dir, tiny_model_corpus(), seed=args.seed)
-    print(f"tiny LLaVA model written to {path} (random weights: its answers are junk by design)")
+    terminal.say(f"tiny LLaVA model written to {path} (random weights: its answers are junk by design)")
     return 0
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 import time
 
+from serving import terminal
 from serving.errors import EMTError
 
 
@@ -94,14 +94,14 @@ def run_serve(args: argparse.Namespace) -> int:
         deployed = True
         run_app(app, cfg.app_name, cfg.route_prefix)
         where = f"http://{cfg.host}:{cfg.port}/v1" if not serve_was_running else "the running Serve's HTTP address"
-        print(f"serving {', '.join([cfg.model.name, *sorted(cfg.adapters)])} at {where} "
-              f"(ready in {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops it)", flush=True)
+        terminal.say(f"serving {', '.join([cfg.model.name, *sorted(cfg.adapters)])} at {where} "
+              f"(ready in {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops it)")
         if cfg.adapters_dir:
-            print(f"adapters under {cfg.adapters_dir} are served by their relative path (GET /v1/models)", flush=True)
+            terminal.say(f"adapters under {cfg.adapters_dir} are served by their relative path (GET /v1/models)")
         if adapters_uri:
-            print(f"adapters under {adapters_uri} are served as model '{cfg.model.name}:<path under it>'", flush=True)
+            terminal.say(f"adapters under {adapters_uri} are served as model '{cfg.model.name}:<path under it>'")
         stop.wait()
-        print("emt serve: stopping", file=sys.stderr, flush=True)
+        terminal.warn("emt serve: stopping")
     finally:
         if not serve_was_running:
             serve.shutdown()

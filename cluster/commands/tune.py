@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from cluster.commands.evaluate import print_log_path
+from serving import terminal
+
 
 def run_tune(args: argparse.Namespace) -> int:
     from cluster.config import parse_config
@@ -14,9 +17,13 @@ def run_tune(args: argparse.Namespace) -> int:
     cfg = parse_config(TuneConfig, args.config, {"out": args.out})
     model_source(cfg.model.name, cfg.model.revision)  # before Ray: a missing model fails in seconds, not minutes
     init_ray(cfg.address, cfg.num_cpus)
+    datasets = ", ".join(d.name for d in cfg.eval.datasets)
+    terminal.say(f"tune: {'resuming' if args.resume else 'training'} the trials of {args.config} into {cfg.out}; "
+                 f"each checkpoint is evaluated on {datasets} as it lands")
     out = run_experiment(cfg, resume=args.resume)
-    print((out / "matrix.md").read_text())
-    print(f"matrix: {out}/matrix.parquet, {out}/matrix.csv, {out}/matrix.md; report: {out}/report.html")
+    terminal.say((out / "matrix.md").read_text())
+    terminal.say(f"matrix: {out}/matrix.parquet, {out}/matrix.csv, {out}/matrix.md; report: {out}/report.html")
+    print_log_path()
     return 0
 
 
