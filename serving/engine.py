@@ -16,7 +16,6 @@ from typing import Iterator, Sequence
 from PIL import Image
 
 from serving.config import ModelConfig, SamplingParams
-from serving.locate import model_source
 from serving.registry import Registry
 
 
@@ -87,7 +86,7 @@ ENGINES.register("serve", "serving.remote_engines:ServeEngine")
 
 def model_fingerprint(model: str, revision: str | None = None) -> str:
     """A short id that changes when the model changes: content of a local dir, or hub id + revision."""
-    path = Path(model_source(model, revision))
+    path = Path(model).expanduser()  # where it loads from was checked before (serving.locate)
     h = hashlib.sha256()
     if path.is_dir():
         for f in sorted(path.rglob("*")):

@@ -1,7 +1,8 @@
 """The subset of OpenAI's chat-completions API that an image classifier needs, and the checks on what clients send.
 
 Clients (the `openai` package, lm-eval, curl) send one user turn with text and at most one `image_url` part; the
-server answers with `choices[0].message.content`, `finish_reason` and `usage`. Everything a client controls is
+server answers with `choices[0].message.content`, `finish_reason` and `usage`, or, with `stream: true`, with the
+same answer as OpenAI's server-sent `chat.completion.chunk` events. Everything a client controls is
 checked here before it costs model time: JSON shape, image source and size, token budgets. Local image files are
 read only from the directories the server was told to serve, after resolving symlinks and `..`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import re
 import time
 import uuid
@@ -82,6 +84,10 @@ class Message(_Strict):
     name: str | None = None
 
 
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -96,6 +102,7 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0)
     n: int = 1
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
 
@@ -123,6 +130,21 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: dict[str, str]  # {"role", "content"} first, then {"content"}, then {} with the finish_reason
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
 
 
 def max_body_bytes(cfg: ServeConfig) -> int:
@@ -203,8 +225,8 @@ def to_generation_request(req: ChatCompletionRequest, cfg: ServeConfig, adapter:
     """One user turn (after optional system text) -> the engine's request; what the engine cannot do is a 400."""
     if req.n != 1:
         raise RequestError("n must be 1: ask again for more samples")
-    if req.stream:
-        raise RequestError("stream=true is not supported: this server answers whole completions")
+    if req.stream_options is not None and not req.stream:
+        raise RequestError("stream_options is only allowed with stream=true")
     *system, user = req.messages
     if user.role != "user" or any(m.role not in ("system", "developer") for m in system):
         raise RequestError("send system messages (optional) then one user message: multi-turn chats are not supported")
@@ -227,18 +249,77 @@ def to_generation_request(req: ChatCompletionRequest, cfg: ServeConfig, adapter:
 
 
 def to_response(gen: Generation, req: ChatCompletionRequest) -> ChatCompletion:
-    """The engine's answer in OpenAI's shape. `stop` strings cut the text after generation; as in OpenAI's API, the
-    stop string itself is not returned."""
-    text, finish = gen.text, gen.finish_reason
-    stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
-    cuts = [text.find(s) for s in stops if s and s in text]
-    if cuts:
-        text, finish = text[: min(cuts)], "stop"
+    """The engine's answer in OpenAI's shape."""
+    text, finish = _answer(gen, _stops(req))
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=req.model,
         choices=[Choice(message=ChatMessage(content=text), finish_reason=finish)],
-        usage=Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                    total_tokens=gen.prompt_tokens + gen.completion_tokens),
+        usage=_usage(gen),
     )
+
+
+class ChunkStream:
+    """One streamed answer as OpenAI's server-sent events: a role chunk, content chunks, a chunk with the
+    finish_reason, a usage chunk if the client asked for it, then [DONE]. Content that a `stop` string may still cut
+    is held back, so the streamed text adds up to exactly what `to_response` returns."""
+
+    def __init__(self, req: ChatCompletionRequest) -> None:
+        self.req, self.stops = req, _stops(req)
+        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        self.usage = req.stream_options is not None and req.stream_options.include_usage
+        self.text, self.sent = "", 0
+
+    def start(self) -> str:
+        return self._event([ChunkChoice(delta={"role": "assistant", "content": ""})])
+
+    def add(self, item: str | Generation) -> str:
+        """Events for the engine's next piece of text, or for the end when `item` is the whole `Generation`
+        ("" when nothing can be sent yet)."""
+        if not isinstance(item, Generation):
+            self.text += item
+            return self._content(_settled(self.text, self.stops))
+        text, finish = _answer(item, self.stops)
+        events = self._content(text) + self._event([ChunkChoice(delta={}, finish_reason=finish)])
+        if self.usage:
+            events += self._event([], usage=_usage(item))
+        return events + "data: [DONE]\n\n"
+
+    def error(self, body: dict) -> str:
+        """The end of a stream that failed after its first event: OpenAI's error event (clients raise it)."""
+        return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n"
+
+    def _content(self, text: str) -> str:
+        new, self.sent = text[self.sent :], max(self.sent, len(text))
+        return self._event([ChunkChoice(delta={"content": new})]) if new else ""
+
+    def _event(self, choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.req.model, choices=choices,
+                                    usage=usage)
+        return f"data: {chunk.model_dump_json(exclude=None if self.usage else {'usage'})}\n\n"
+
+
+def _stops(req: ChatCompletionRequest) -> list[str]:
+    return [s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s]
+
+
+def _answer(gen: Generation, stops: list[str]) -> tuple[str, str]:
+    """The text and finish_reason a client gets. `stop` strings cut the text after generation; as in OpenAI's API,
+    the stop string itself is not returned."""
+    cuts = [gen.text.find(s) for s in stops if s in gen.text]
+    return (gen.text[: min(cuts)], "stop") if cuts else (gen.text, gen.finish_reason)
+
+
+def _settled(text: str, stops: list[str]) -> str:
+    """The part of a growing answer that `_answer` keeps whatever follows: what comes before the first stop string
+    in it, and before its last len(longest stop) - 1 characters, where a stop string may still begin."""
+    if not stops:
+        return text
+    cuts = [text.find(s) for s in stops if s in text]
+    return text[: max(0, min([*cuts, len(text) - max(map(len, stops)) + 1]))]
+
+
+def _usage(gen: Generation) -> Usage:
+    return Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                 total_tokens=gen.prompt_tokens + gen.completion_tokens)

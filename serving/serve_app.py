@@ -3,7 +3,9 @@
 Two deployments, as Ray's own LLM serving does: the ingress (cheap, CPU) parses, authenticates and loads images;
 model replicas only generate, so they scale (and hold GPUs) on their own. On each replica, concurrent requests are
 merged by `@serve.batch` and adapters are loaded by name on first use and kept in an LRU cache by Serve's model
-multiplexing (which also routes a request to a replica that already has its adapter).
+multiplexing (which also routes a request to a replica that already has its adapter). Streamed answers
+(`stream: true`) are batched the same way, by a `@serve.batch` async generator that hands out every step of the
+batch's generation as it comes.
 
 Other code (Ray Data evaluation) calls the model replicas directly with whole batches:
 
@@ -16,11 +18,11 @@ import asyncio
 import dataclasses
 import hmac
 import math
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
@@ -31,6 +33,8 @@ from serving.engine import Engine, Generation, GenerationRequest, load_engine
 from serving.errors import EMTError, UnknownNameError
 from serving.openai_api import (
     AuthError,
+    ChatCompletionRequest,
+    ChunkStream,
     NotFoundError,
     RequestError,
     error_body,
@@ -72,8 +76,9 @@ class ModelServer:
         self.stats = {"requests": 0, "engine_calls": 0, "largest_batch": 0, "adapter_loads": 0}
         self.loaded_adapters: set[str] = set()
         self._lock = asyncio.Lock()
-        self._batched.set_max_batch_size(config.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        for batched in (self._batched, self._batched_stream):
+            batched.set_max_batch_size(config.max_batch_size)
+            batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
         async def load_adapter_by_name(name: str) -> _LoadedAdapter:  # a plain function: its cache is per replica
             path = self.catalog.path(name)
@@ -92,13 +97,24 @@ class ModelServer:
         return {**self.stats, "adapters_loaded": sorted(self.loaded_adapters)}
 
     async def chat(self, request: GenerationRequest) -> Generation:
-        """One client request, merged with concurrent ones; a prompt over the token limit is refused first."""
+        """One client request, merged with concurrent ones."""
+        return await self._batched(await self._accepted(request))
+
+    async def chat_stream(self, request: GenerationRequest) -> AsyncIterator[str | Generation]:
+        """`chat` streamed (call it with `handle.options(stream=True)`): pieces of text as they are generated, then
+        the `Generation`, whose text starts with them all."""
+        async for item in self._batched_stream(await self._accepted(request)):
+            if item:  # "": nothing new for this request in this step of its batch
+                yield item
+
+    async def _accepted(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with the handle's adapter; a prompt over the token limit is refused here, before batching."""
         (request,) = _with_model_id([request])
         n = await asyncio.to_thread(self.engine.prompt_tokens, request)
         if n > self.config.max_prompt_tokens:
             raise RequestError(f"too many tokens: the prompt is {n} tokens, this server's limit is "
                                f"{self.config.max_prompt_tokens}")
-        return await self._batched(request)
+        return request
 
     async def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
         """A whole batch from a caller that batches itself (Ray Data). Requests without `adapter` get the
@@ -109,22 +125,46 @@ class ModelServer:
     async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
         return await self._run(requests)
 
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    async def _batched_stream(self, requests: list[GenerationRequest]) -> AsyncIterator[list]:
+        """Serve's streaming batch: per engine step, one item per request: "" (nothing new), a piece of text, the
+        request's `Generation`, then StopIteration, which ends that request's stream."""
+        ended: set[int] = set()
+        async with self._lock:
+            self._count(requests)
+            async for idx in self._adapter_groups(requests):
+                steps = self.engine.generate_stream([requests[i] for i in idx])
+                while (step := await asyncio.to_thread(next, steps, None)) is not None:
+                    items: list = [StopIteration if i in ended else "" for i in range(len(requests))]
+                    for j, item in step.items():
+                        items[idx[j]] = item
+                    ended.update(idx[j] for j, item in step.items() if isinstance(item, Generation))
+                    yield items
+
     async def _run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         async with self._lock:
-            self.stats["requests"] += len(requests)
-            self.stats["engine_calls"] += 1
-            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
-            by_adapter: dict[str | None, list[int]] = {}
-            for i, r in enumerate(requests):
-                by_adapter.setdefault(r.adapter, []).append(i)
+            self._count(requests)
             out: list[Generation | None] = [None] * len(requests)
-            for name, idx in by_adapter.items():
-                if name is not None:
-                    await self._adapter(name)  # loads on a miss; may evict (and unload) the least recently used
+            async for idx in self._adapter_groups(requests):
                 gens = await asyncio.to_thread(self.engine.generate, [requests[i] for i in idx])
                 for i, g in zip(idx, gens):
                     out[i] = g
             return out  # type: ignore[return-value]
+
+    def _count(self, requests: Sequence[GenerationRequest]) -> None:
+        self.stats["requests"] += len(requests)
+        self.stats["engine_calls"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
+
+    async def _adapter_groups(self, requests: Sequence[GenerationRequest]) -> AsyncIterator[list[int]]:
+        """Indexes of the requests for each adapter, that adapter loaded before its group is handed out."""
+        by_adapter: dict[str | None, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_adapter.setdefault(r.adapter, []).append(i)
+        for name, idx in by_adapter.items():
+            if name is not None:
+                await self._adapter(name)  # loads on a miss; may evict (and unload) the least recently used
+            yield idx
 
 
 def _with_model_id(requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:
@@ -137,12 +177,38 @@ api = FastAPI(title="EMT Cluster: OpenAI-compatible chat completions for LLaVA-f
 
 @api.exception_handler(EMTError)
 async def _emt_error(_: Request, err: EMTError) -> JSONResponse:
-    """RequestError -> its 4xx; any other EMTError (a broken checkpoint) is the server's fault -> 500. Errors
-    raised in a ModelServer replica arrive wrapped in a RayTaskError that is also an instance of the cause."""
+    body, status = _error_reply(err)
+    return JSONResponse(body, status_code=status)
+
+
+def _error_reply(err: Exception) -> tuple[dict, int]:
+    """RequestError -> its 4xx; anything else (a broken checkpoint) is the server's fault -> 500. Errors raised in
+    a ModelServer replica arrive wrapped in a RayTaskError that is also an instance of the cause."""
     cause = err.cause if isinstance(err, RayTaskError) else err
     if isinstance(cause, RequestError):
-        return JSONResponse(error_body(str(cause), cause.kind), status_code=cause.status)
-    return JSONResponse(error_body(str(cause), "server_error"), status_code=500)
+        return error_body(str(cause), cause.kind), cause.status
+    return error_body(str(cause), "server_error"), 500
+
+
+async def _streamed(handle: DeploymentHandle, gen_request: GenerationRequest,
+                    req: ChatCompletionRequest) -> StreamingResponse:
+    """The answer as server-sent events. The first piece comes before the response starts, so a request the
+    replica refuses gets its JSON error and status as a whole answer would. (Defined above OpenAIIngress: Serve
+    serializes that class, with the names its methods use, as it is decorated.)"""
+    items = handle.options(stream=True).chat_stream.remote(gen_request)
+    first = await anext(items)
+    return StreamingResponse(_events(first, items, ChunkStream(req)), media_type="text/event-stream")
+
+
+async def _events(first: str | Generation, rest: AsyncIterator[str | Generation],
+                  chunks: ChunkStream) -> AsyncIterator[str]:
+    """An error after the first event ends the stream with an error event: the status has been sent already."""
+    yield chunks.start() + chunks.add(first)
+    try:
+        async for item in rest:
+            yield chunks.add(item)
+    except Exception as err:  # any: a client must learn that its answer is cut short
+        yield chunks.error(_error_reply(err)[0])
 
 
 @serve.deployment(name="OpenAIIngress")
@@ -190,13 +256,15 @@ class OpenAIIngress:
         names = [self.config.model.name, *self.catalog.names()]
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "emt"} for n in names]}
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> dict:
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, request: Request) -> dict | StreamingResponse:
         self._authorize(request)
         req = parse_chat_request(await self._body(request))
         adapter = self._adapter_for(req.model)
         gen_request = await asyncio.to_thread(to_generation_request, req, self.config, adapter)
         handle = self.server if adapter is None else self.server.options(multiplexed_model_id=adapter)
+        if req.stream:
+            return await _streamed(handle, gen_request, req)
         gen = await handle.chat.remote(gen_request)
         return to_response(gen, req).model_dump()
 

@@ -45,7 +45,7 @@ def load_model_and_processor(model: str, *, device: str = "auto", dtype: str = "
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     device, torch_dtype = pick_device_and_dtype(device, dtype)
-    source = model_source(model)
+    source = model_source(model, revision)
     try:
         processor = AutoProcessor.from_pretrained(source, revision=revision)
         n_gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
@@ -221,7 +221,8 @@ class TransformersEngine(Engine):
         prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
         return [self._generation(row.tolist(), n) for row, n in zip(new_tokens, prompt_counts)]
 
-    def _stream_batch(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> Iterator[dict[int, str | Generation]]:
+    def _stream_batch(self, batch: Sequence[GenerationRequest],
+                      params: SamplingParams) -> Iterator[dict[int, str | Generation]]:
         """`_generate_batch` step by step: each row's new settled text, and its `Generation` once the row has ended
         (at eos, or with the batch)."""
         inputs, gen_kwargs = self._inputs(batch, params)

@@ -68,7 +68,7 @@ def test_mixed_sampling_params_in_one_call_keep_request_order(tiny_model):
 
 
 def test_unknown_model_and_backend_give_clear_errors(tmp_path):
-    with pytest.raises(EMTError, match="neither a local model directory nor a hub id"):
+    with pytest.raises(EMTError, match="model directory '.*no-such-model' does not exist"):
         load_engine(ModelConfig(name=str(tmp_path / "no-such-model")))
     with pytest.raises(UnknownNameError, match="Did you mean 'transformers'"):
         load_engine(ModelConfig(name="x/y", backend="transformer"))

@@ -1,8 +1,9 @@
 """`emt serve` for real: Ray Serve over HTTP on loopback, the real `openai` client, the tiny model.
 
 One Serve app for the module (on the session's Ray, a free port): answers equal the engine's, concurrent requests
-are batched, adapters load by name (with an LRU of one, so eviction is exercised), and every bad request gets its
-4xx in OpenAI's error shape. The last test runs `emt serve` as a subprocess and stops it with SIGTERM.
+are batched, adapters load by name (with an LRU of one, so eviction is exercised), streamed answers (`stream: true`)
+equal whole ones and are batched too, and every bad request, streamed or not, gets its 4xx in OpenAI's error shape.
+The last test runs `emt serve` as a subprocess and stops it with SIGTERM.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
+import psutil
 import pytest
 from PIL import Image
 from test_adapters import color_images, make_lora, make_projector
@@ -200,7 +202,7 @@ def test_every_bad_request_gets_its_4xx_with_a_message(server):
         ("prompt too long", 400, body(user(ok_image, "word " * 300)), KEY, "too many tokens"),
         ("max_tokens too large", 400, body(max_tokens=1000), KEY, "too many tokens"),
         ("n > 1", 400, body(n=2), KEY, "n must be 1"),
-        ("streaming", 400, body(stream=True), KEY, "stream"),
+        ("stream_options without stream", 400, body(stream_options={"include_usage": True}), KEY, "stream_options"),
         ("unknown option", 400, body(logprobs=True), KEY, "logprobs"),
         ("multi-turn", 400, body([*user(ok_image), {"role": "assistant", "content": "x"}]), KEY, "one user message"),
         ("/etc/passwd", 403, body(user("/etc/passwd")), KEY, "outside"),
@@ -213,7 +215,10 @@ def test_every_bad_request_gets_its_4xx_with_a_message(server):
         ("unknown model", 404, body(model="no-such-model"), KEY, "unknown model"),
         ("adapter name escaping the dir", 404, body(model="../lora"), KEY, "unknown model"),
     ]
-    for what, status, payload, key, words in cases:
+    streamed = [(f"{what}, streamed", status, json.dumps({**json.loads(payload), "stream": True}).encode(), key, words)
+                for what, status, payload, key, words in cases
+                if what not in ("malformed JSON", "stream_options without stream")]
+    for what, status, payload, key, words in cases + streamed:
         got, reply = raw(server, "/v1/chat/completions", payload, key=key)
         assert got == status, (what, got, reply)
         assert words in reply["error"]["message"] and reply["error"]["type"], (what, reply)
@@ -222,8 +227,69 @@ def test_every_bad_request_gets_its_4xx_with_a_message(server):
         openai.OpenAI(base_url=f"{server['url']}/v1", api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.NotFoundError):
         ask(server, ok_image, model="no-such-model")
+    with pytest.raises(openai.BadRequestError, match="too many tokens"):  # refused by the replica, before any event
+        server["client"].chat.completions.create(model=base, messages=user(ok_image, "word " * 300), stream=True)
     with pytest.raises(openai.PermissionDeniedError):
         ask(server, "/etc/passwd")
+
+
+def stream(server, url, model=None, **kw) -> list:
+    """The chunks of a streamed answer, as the `openai` client parses them."""
+    return list(ask(server, url, model, stream=True, **kw))
+
+
+def content(chunks) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def stats(server) -> dict:
+    return raw(server, "/health", key=None)[1]["replica"]
+
+
+@pytest.mark.parametrize("model", [None, "lora"])
+def test_a_streamed_answer_is_the_whole_answer_in_openai_chunks(server, model):
+    url = data_uri(color_images(3)[2])
+    whole = ask(server, url, model, max_tokens=24)
+    chunks = stream(server, url, model, max_tokens=24, stream_options={"include_usage": True})
+    first, *middle, last, usage = chunks
+    assert (first.choices[0].delta.role, first.choices[0].delta.content) == ("assistant", "")
+    assert len(middle) > 1 and all(c.choices[0].delta.content and not c.choices[0].finish_reason for c in middle)
+    assert content(middle) == whole.choices[0].message.content
+    assert last.choices[0].finish_reason == whole.choices[0].finish_reason and last.choices[0].delta.content is None
+    assert usage.choices == [] and usage.usage == whole.usage and all(c.usage is None for c in chunks[:-1])
+    assert {(c.id, c.object, c.created, c.model) for c in chunks} == {
+        (first.id, "chat.completion.chunk", first.created, model or server["cfg"].model.name)}
+    stop = whole.choices[0].message.content.split()[2]
+    cut = ask(server, url, model, max_tokens=24, stop=[stop]).choices[0]
+    chunks = stream(server, url, model, max_tokens=24, stop=[stop])
+    assert (content(chunks), chunks[-1].choices[0].finish_reason) == (cut.message.content, cut.finish_reason)
+
+
+def test_concurrent_streams_are_batched_and_each_is_its_own_answer(server, engine):
+    images = color_images(8)
+    expected = [g.text for g in engine.generate([GenerationRequest(PROMPT, i, SamplingParams(max_tokens=8))
+                                                 for i in images])]
+    before = stats(server)
+    with ThreadPoolExecutor(len(images)) as pool:
+        answers = list(pool.map(lambda img: content(stream(server, data_uri(img))), images))
+    after = stats(server)
+    assert answers == expected
+    assert after["requests"] - before["requests"] == len(images)
+    assert after["engine_calls"] - before["engine_calls"] < len(images), (before, after)
+
+
+def test_streamed_events_over_plain_http_without_usage(server):
+    body = json.dumps({"model": server["cfg"].model.name, "messages": user(data_uri(color_images(1)[0])),
+                       "max_tokens": 8, "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(f"{server['url']}/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        events = r.read().decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""] and all(e.startswith("data: ") for e in events[:-1])
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert all("usage" not in c and len(c["choices"]) == 1 for c in chunks)
+    assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 def test_serve_config_refuses_contradictory_replica_settings(tiny_model):
@@ -259,26 +325,34 @@ def test_emt_serve_command_answers_then_stops_cleanly_on_sigterm(tiny_model, tmp
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        lines = []
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and not any(line.startswith("serving ") for line in lines):
+        lines = []  # until the command says it serves: a readiness line, not a clock (pytest's timeout bounds it)
+        while not any(line.startswith("serving ") for line in lines):
             line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
+            assert line, "emt serve ended before serving:\n" + "".join(lines)
             lines.append(line)
         assert any(f"http://127.0.0.1:{port}/v1" in line for line in lines), "".join(lines[-30:])
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
         reply = client.chat.completions.create(model=tiny_model, messages=user(str(tmp_path / "a.png")),
                                                max_tokens=4, temperature=0)
         assert reply.usage.completion_tokens > 0
+        stream = client.chat.completions.create(model=tiny_model, messages=user(str(tmp_path / "a.png")),
+                                                max_tokens=4, temperature=0, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0, proc.stdout.read()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
-    deadline = time.monotonic() + 30
-    while processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(1)
+    left = [p for p in map(_process, processes_with(marker)) if p]  # Ray's processes finish exiting after the CLI
+    psutil.wait_procs(left, timeout=60)
     assert processes_with(marker) == [], "emt serve left processes behind"
+
+
+def _process(pid: int):
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 @pytest.mark.parametrize("adapter", [None, "lora"])
