@@ -9,7 +9,8 @@
 
 `EMT_FAULT_FILE=PATH`, if set, is created just before the action, so a test waits on a state that can no longer
 change rather than on a clock. Points: `eval.part_written` (a part file of answers is on disk),
-`tune.row_evaluated` (a checkpoint's row of the matrix is evaluated on every dataset).
+`tune.row_evaluated` (a checkpoint's row of the matrix is evaluated on every dataset), `tune.scan` (the checkpoint
+scanner thread begins a pass over the trials' storage).
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def fault_point(name: str) -> None:
     if marker:
         Path(marker).write_text(f"{name}:{n}:{action}\n")
     if action == "sigint":
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+            # A background job of a non-interactive shell (CI) starts with SIGINT ignored, and Python then leaves
+            # it so; a terminal's Ctrl-C would find Python's handler: put it back.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGINT)
     elif action == "sigkill":
         os.killpg(os.getpgid(0), signal.SIGKILL)

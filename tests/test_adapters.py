@@ -18,16 +18,26 @@ from serving.errors import EMTError, UnknownNameError
 from serving.transformers_engine import TransformersEngine
 
 
-def make_lora(base: str, out: Path) -> Path:
-    """A LoRA that changes answers (random B, not peft's zero init) and carries a trained projector copy."""
-    from peft import LoraConfig, get_peft_model
+def make_lora(base: str, out: Path, *, trained_projector: bool = True) -> Path:
+    """A LoRA checkpoint in the format `emt tune --method lora` writes: the peft model of tuners.methods.apply_method
+    (LoRA on the language model's linear layers, the projector in modules_to_save), its trainable tensors moved as
+    training moves them (seeded random steps: answers change), saved with peft's save_pretrained as
+    tuners.recipe.save_checkpoint does, so the trained projector rides along in the adapter file.
+    `trained_projector=False`: the same LoRA tensors with the projector copy left at the base's (LoRA only)."""
     from transformers import AutoModelForImageTextToText
+
+    from tuners.methods import LoraSettings, apply_method
 
     torch.manual_seed(1)
     model = AutoModelForImageTextToText.from_pretrained(base)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                     modules_to_save=["multi_modal_projector"])
-    peft = get_peft_model(model, cfg)
+    peft, groups = apply_method(model, "lora", LoraSettings(r=4, alpha=8, dropout=0.0), lr=1e-3, projector_lr=None)
+    trained = {g["name"]: g["params"] for g in groups}
+    with torch.no_grad():
+        for p in trained["lora"]:  # LoRA first: both variants draw the same LoRA steps
+            p.add_(0.05 * torch.randn_like(p))
+        if trained_projector:
+            for p in trained["projector"]:
+                p.add_(torch.randn_like(p))
     peft.save_pretrained(out)
     return out
 
@@ -60,6 +70,34 @@ def full_model(base: str, adapter: Path, out: Path) -> str:
     return str(out)
 
 
+def merged_by_hand(base: str, adapter: Path, out: Path) -> str:
+    """The base with a peft LoRA checkpoint merged in without peft, saved as a plain model dir: W += (alpha / r) B A
+    for every LoRA pair of adapter_model.safetensors, and every other tensor there (modules_to_save: the trained
+    projector) copied over the base's."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert not cfg["use_rslora"] and not cfg["use_dora"] and cfg["bias"] == "none", "plain LoRA only"
+    scale = cfg["lora_alpha"] / cfg["r"]
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    params = dict(model.named_parameters())
+    prefix = "base_model.model."
+    with torch.no_grad():
+        for key, tensor in saved.items():
+            assert key.startswith(prefix), key
+            name = key[len(prefix):]
+            if ".lora_A." in name:
+                module = name.split(".lora_A.")[0]
+                params[f"{module}.weight"] += scale * saved[f"{prefix}{module}.lora_B.weight"] @ tensor
+            elif ".lora_B." not in name:
+                params[name].copy_(tensor)
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(base).save_pretrained(out)
+    return str(out)
+
+
 def color_images(n: int) -> list[Image.Image]:
     return [Image.new("RGB", (32, 32), ((37 * i) % 256, (91 * i) % 256, (53 * i + 20) % 256)) for i in range(n)]
 
@@ -67,7 +105,9 @@ def color_images(n: int) -> list[Image.Image]:
 @pytest.fixture(scope="module")
 def adapters(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return {"lora": make_lora(tiny_model, root / "lora"), "proj": make_projector(tiny_model, root / "trial_0" / "proj")}
+    lora_only = make_lora(tiny_model, tmp_path_factory.mktemp("lora-only") / "lora", trained_projector=False)
+    return {"lora": make_lora(tiny_model, root / "lora"), "proj": make_projector(tiny_model, root / "trial_0" / "proj"),
+            "lora_only": lora_only}
 
 
 def texts(gens):
@@ -97,6 +137,49 @@ def test_adapters_answer_like_merged_models_and_leave_the_base_alone(tiny_model,
     assert texts(engine.generate(requests)) == base
     with pytest.raises(UnknownNameError, match="not loaded"):
         engine.generate([dataclasses.replace(requests[0], adapter="lora")])
+
+
+def test_lora_serves_the_projector_it_was_trained_with(tiny_model, adapters, tmp_path):
+    """`emt tune --method lora` trains the projector too and saves it in the peft adapter (modules_to_save): serving
+    that adapter answers with its trained projector - not the base's - exactly as the base with the LoRA and the
+    projector merged in by hand does, next to the same LoRA without the projector and the base on one engine."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    trained = load_file(str(adapters["lora"] / "adapter_model.safetensors"))
+    lora_only = load_file(str(adapters["lora_only"] / "adapter_model.safetensors"))
+    base_projector = projector_module(AutoModelForImageTextToText.from_pretrained(tiny_model)).state_dict()
+    in_projector = {k: k.split("multi_modal_projector.", 1)[1] for k in trained if "multi_modal_projector." in k}
+    assert sorted(in_projector.values()) == sorted(base_projector), "the adapter file carries the whole projector"
+    assert trained.keys() == lora_only.keys() and any(".lora_B." in k for k in trained)
+    for key, tensor in trained.items():
+        if key in in_projector:
+            base = base_projector[in_projector[key]]
+            assert not torch.equal(tensor, base) and torch.equal(lora_only[key], base), key
+        else:
+            assert torch.equal(tensor, lora_only[key]), f"{key}: both variants carry the same LoRA"
+
+    requests = [GenerationRequest("What is the object in the image?", img, SamplingParams(max_tokens=8))
+                for img in color_images(6)]
+    engine = TransformersEngine(tiny_model, max_batch_size=4)
+    base = texts(engine.generate(requests))
+    for name in ("lora", "lora_only", "proj"):
+        engine.load_adapter(name, str(adapters[name]))
+    names = (None, "lora", "lora_only", "proj")
+    out = texts(engine.generate([dataclasses.replace(r, adapter=a) for r in requests for a in names]))
+    got = {name: out[i::len(names)] for i, name in enumerate(names)}
+    assert got[None] == base, "base answers changed once adapters were loaded"
+    for name in ("lora", "lora_only"):
+        reference = TransformersEngine(merged_by_hand(tiny_model, adapters[name], tmp_path / name)).generate(requests)
+        assert got[name] == texts(reference), f"{name} answers differ from the base with it merged in by hand"
+
+    def differing(a: list[str], b: list[str]) -> int:
+        return sum(x != y for x, y in zip(a, b))
+
+    assert differing(got["lora"], base) >= 3, (got["lora"], base)
+    assert differing(got["lora"], got["lora_only"]) >= 3, ("the trained projector changed no answer",
+                                                           got["lora"], got["lora_only"])
+    assert differing(got["lora_only"], base) >= 1, "the LoRA alone changes answers too"
 
 
 def test_checkpoint_formats_and_their_errors(adapters, tmp_path):

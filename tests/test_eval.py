@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -98,20 +99,57 @@ def test_corrupt_image_is_an_error_row_and_the_run_goes_on(finished_run):
     assert (summary["errors"], summary["judged"]) == (1, 20)
 
 
-def test_pipeline_answers_equal_the_bare_engine(finished_run, tiny_model):
-    out, _ = finished_run
-    rows = [r for r in pq.read_table(out / "samples.parquet").to_pylist() if r["dataset"] == "digits"][:8]
+@pytest.fixture(scope="module")
+def image_sensitive_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model with its projector weights scaled x4 (a larger init scale), saved as its own model directory.
+
+    The plain tiny model answers nearly every digit with the same junk word, so a row handed another row's answer
+    would go unnoticed; with image embeddings that outweigh the prompt's, its greedy answers differ per image."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from serving.adapters import projector_module
+
+    out = tmp_path_factory.mktemp("tiny-llava-image-sensitive")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model)
+    with torch.no_grad():
+        for p in projector_module(model).parameters():
+            p.mul_(4.0)
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(tiny_model).save_pretrained(out)
+    return str(out)
+
+
+def test_pipeline_answers_equal_the_bare_engine(ray_session, image_sensitive_model, cifar_parquet, tmp_path):
+    """Every answer `emt eval` stores is the one the bare engine gives for that row's own image and prompt: batching
+    on Ray Data actors, decoding on CPU tasks and writing parts must neither alter an answer nor move it to another
+    row. Greedy decoding, both datasets (two prompt lengths: some batches are left-padded), batches of 4 in the
+    pipeline against 8 in the engine, and answers that differ per image so a misplaced answer shows."""
     from evaluators.datasets import load_split
 
-    table = load_split("digits", limit=30)
-    by_id = dict(zip(table.column("sample_id").to_pylist(), table.column("image").to_pylist()))
-    engine = load_engine(ModelConfig(name=tiny_model), max_batch_size=8)
+    config = write_config(tmp_path / "eval.yaml", image_sensitive_model, cifar_parquet, tmp_path / "out",
+                          batch_size=4, flush_rows=12)
+    assert main(["eval", "--config", str(config), "--no-progress"]) == 0
+    rows = [r for r in pq.read_table(tmp_path / "out" / "samples.parquet").to_pylist() if not r["error"]]
+    assert len(rows) == 50 and {r["model"] for r in rows} == {image_sensitive_model}
+
+    images = {}
+    for name, source in (("digits", None), ("cifar10", str(cifar_parquet))):
+        table = load_split(name, source=source, limit=30 if name == "digits" else None)
+        images.update({(name, s): b for s, b in zip(table.column("sample_id").to_pylist(),
+                                                    table.column("image").to_pylist())})
+    engine = load_engine(ModelConfig(name=image_sensitive_model), max_batch_size=8)
     direct = engine.generate([
-        GenerationRequest(r["prompt"], Image.open(io.BytesIO(by_id[r["sample_id"]])).convert("RGB"),
+        GenerationRequest(r["prompt"], Image.open(io.BytesIO(images[r["dataset"], r["sample_id"]])).convert("RGB"),
                           SamplingParams(max_tokens=8))
         for r in rows
     ])
-    assert [g.text for g in direct] == [r["output"] for r in rows]
+    for name in ("digits", "cifar10"):
+        answers = {r["output"] for r in rows if r["dataset"] == name}
+        assert len(answers) >= 3, f"{name}: answers must differ per image to catch a misplaced one: {answers}"
+    mismatched = [(r["dataset"], r["sample_id"], r["output"], g.text) for r, g in zip(rows, direct)
+                  if r["output"] != g.text]
+    assert not mismatched, f"pipeline answers that differ from the bare engine's (dataset, id, pipeline, engine): " \
+                           f"{mismatched}"
 
 
 def test_rerun_on_a_finished_directory_recomputes_nothing(finished_run):

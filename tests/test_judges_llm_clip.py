@@ -249,14 +249,37 @@ def test_several_judges_in_one_eval_run(multi_judge_run):
 
 
 def test_rerun_regenerates_nothing_and_asks_the_judge_only_what_it_failed(multi_judge_run, monkeypatch):
+    """A rerun asks the judge again exactly the questions whose verdict was judge_failed - each once (one request
+    per question and dataset) - and none whose verdict is cached."""
+    from collections import Counter
+
+    from evaluators.prompts import display_name
+
     out, server, args = multi_judge_run
     monkeypatch.setenv("EMT_CACHE_DIR", str(out.parent / "cache"))
-    failed = [r for r in pq.read_table(out / "samples.parquet").to_pylist() if r["category_llm"] == JUDGE_FAILED]
+    rows = pq.read_table(out / "samples.parquet").to_pylist()
+
+    def question(row: dict) -> str:
+        return PROMPT.format(label=display_name(row["label_name"]), outputs=row["output"])
+
+    by_dataset: dict[str, set[str]] = {}
+    for r in rows:
+        if r["category_llm"] == JUDGE_FAILED:
+            by_dataset.setdefault(r["dataset"], set()).add(question(r))
+    failed = Counter(q for questions in by_dataset.values() for q in questions)
+    decided = {question(r) for r in rows if r["category_llm"] != JUDGE_FAILED}
+    first = [c["messages"][0]["content"] for c in server.calls]
+    assert set(failed) == {q for q in first if server.reply(q) == "Maybe."}, "the failed rows are the junk replies"
+    assert len(failed) >= 2 and decided and not decided & set(failed), (len(failed), len(decided))
+
     before, parts = len(server.calls), sorted((out / "parts").iterdir())
     assert main(args) == 0
     assert sorted((out / "parts").iterdir()) == parts, "no answer generated twice"
-    asked = server.calls[before:]
-    assert len(asked) <= len(failed), "cached verdicts cost nothing; only judge_failed answers are asked again"
+    asked = Counter(c["messages"][0]["content"] for c in server.calls[before:])
+    assert asked == failed, (f"{sum(asked.values())} questions asked again, {sum(failed.values())} failed; "
+                             f"asked but not failed: {asked - failed}; failed but not asked: {failed - asked}")
+    again = pq.read_table(out / "samples.parquet").to_pylist()
+    assert [r["category_llm"] for r in again] == [r["category_llm"] for r in rows], "same replies, same verdicts"
 
 
 def test_judges_follow_the_current_run_over_every_stored_answer(multi_judge_run, tmp_path):

@@ -129,7 +129,20 @@ def serve_args(*flags: str):
     return build_parser().parse_args(["serve", "--model", LLAVA, "--backend", "vllm", *flags])
 
 
-def test_emt_serve_takes_a_cloud_prefix_as_adapters_dir_for_vllm(monkeypatch):
+@pytest.fixture
+def llava_in_hf_cache(tmp_path, monkeypatch):
+    """The paper's LLaVA as a GPU node's HF cache holds it (its config only): the driver's model check passes."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hf-cache" / f"models--{LLAVA.replace('/', '--')}"
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+def test_emt_serve_takes_a_cloud_prefix_as_adapters_dir_for_vllm(monkeypatch, llava_in_hf_cache):
     import serving.vllm_app
     from cluster.commands.serve import serve_config
 

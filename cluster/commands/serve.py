@@ -39,8 +39,8 @@ def serve_config(args: argparse.Namespace):
 
     vllm = args.backend == "vllm"
     adapters_uri = args.adapters_dir if vllm and is_cloud_uri(args.adapters_dir) else None
-    given = {  # model_source: a typo fails here, not in a replica log; a local dir becomes absolute
-        "model": {"name": model_source(args.model), **({"backend": args.backend} if args.backend else {})},
+    given = {
+        "model": {"name": args.model, **({"backend": args.backend} if args.backend else {})},
         "replicas": args.replicas, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
         "gpus_per_replica": args.gpus_per_replica, "cpus_per_replica": args.cpus_per_replica,
         "api_key": args.api_key or os.environ.get("EMT_API_KEY"), "host": args.host, "port": args.port,
@@ -59,6 +59,7 @@ def serve_config(args: argparse.Namespace):
 
         vllm_llm_config(cfg, adapters_uri)
         import_serve_llm()
+    model_source(cfg.model.name, cfg.model.revision)  # a typo fails here in seconds, not in a replica log
     return cfg, adapters_uri
 
 
