@@ -50,6 +50,20 @@ class _Datasets(StrictModel):
             value = [value]
         return [{"name": v} if isinstance(v, str) else v for v in value]
 
+    @field_validator("datasets")
+    @classmethod
+    def _each_dataset_once(cls, value: list[DatasetConfig]) -> list[DatasetConfig]:
+        """Results are keyed and summarised by dataset name (names match case-insensitively), so a second entry of
+        the same name (another split or source) would silently replace the first."""
+        seen: dict[str, DatasetConfig] = {}
+        for ds in value:
+            if (first := seen.setdefault(ds.name.lower(), ds)) is not ds:
+                raise ValueError(
+                    f"dataset '{ds.name}' is listed twice (split {first.split!r}, source {first.source!r}; then split "
+                    f"{ds.split!r}, source {ds.source!r}): list each dataset once, and evaluate another split or "
+                    "source in a run of its own (its own --out)")
+        return value
+
 
 class EvalConfig(_Datasets):
     model: ModelConfig

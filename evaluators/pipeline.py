@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from PIL import Image
 from tqdm import tqdm
@@ -33,6 +34,7 @@ from serving.faults import fault_point
 
 
 BLOCK_BATCHES = 4  # measured: 1 -> 0.62x the bare engine, 4 -> 0.84x (benchmarks/throughput.py, 2 cores)
+CORRUPT_IMAGE = "corrupt image"  # how the error of an image that cannot be decoded starts
 
 
 def sample_key(fingerprint: str, prompt: str, params: SamplingParams, dataset: str, sample_id: str,
@@ -61,7 +63,7 @@ def decode_images(batch: pa.Table) -> pa.Table:
             pixels.append(b"")
             widths.append(0)
             heights.append(0)
-            errors.append(f"corrupt image: {type(err).__name__}: {err}")
+            errors.append(f"{CORRUPT_IMAGE}: {type(err).__name__}: {err}")
     batch = batch.drop_columns(["image"])
     return (batch.append_column("pixels", pa.array(pixels, pa.binary()))
             .append_column("height", pa.array(heights, pa.int32()))
@@ -82,6 +84,8 @@ class EngineReplica:
         self.params = SamplingParams(**params)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Answers of the decoded rows; a request the engine refused (a remote server's limit) becomes an error
+        row with its message, as a corrupt image does."""
         rows = batch.select(["prompt", "pixels", "height", "width", "error"]).to_pylist()
         ok = [i for i, r in enumerate(rows) if r["error"] is None]
         requests = [
@@ -95,10 +99,15 @@ class EngineReplica:
         outputs: list[str | None] = [None] * len(rows)
         prompt_tokens, completion_tokens = [0] * len(rows), [0] * len(rows)
         finish: list[str | None] = [None] * len(rows)
+        errors = [r["error"] for r in rows]
         for i, gen in zip(ok, self.engine.generate(requests)):
+            if gen.error is not None:
+                errors[i] = gen.error
+                continue
             outputs[i], prompt_tokens[i], completion_tokens[i], finish[i] = (
                 gen.text, gen.prompt_tokens, gen.completion_tokens, gen.finish_reason)
         batch = batch.drop_columns(["pixels", "height", "width"])
+        batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
         return (batch.append_column("output", pa.array(outputs, pa.string()))
                 .append_column("prompt_tokens", pa.array(prompt_tokens, pa.int32()))
                 .append_column("completion_tokens", pa.array(completion_tokens, pa.int32()))
@@ -138,6 +147,18 @@ def prepare(datasets: list[DatasetConfig], fingerprint: str, params: SamplingPar
                  .append_column("prompt", pa.array([prompt] * n)))
         work.append(DatasetWork(spec.name, spec.classes, table.filter(mask), keys))
     return work
+
+
+def finished_keys(store: ResultStore) -> set[str]:
+    """Keys of stored rows a rerun does not ask again: answers, and corrupt images (their bytes are part of the key,
+    so they would fail the same way). A request the engine refused (a server's limit, a 5xx or rate limit after
+    retries) may succeed later, so a rerun asks it again, and its new row replaces the error row."""
+    done = set()
+    for part in store.part_files():  # two columns, not the answers: a resume of a large run reads little
+        table = pq.read_table(part, columns=["key", "error"])
+        done.update(k for k, e in zip(table.column("key").to_pylist(), table.column("error").to_pylist())
+                    if e is None or e.startswith(CORRUPT_IMAGE))
+    return done
 
 
 def judge_rows(table: pa.Table, work: dict[str, DatasetWork], judges: dict[str, dict[str, Judge]]) -> pa.Table:
@@ -199,6 +220,7 @@ def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
     """The streaming pipeline: decode on CPU tasks, generate on `replicas` actors."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one progress bar (ours, in images judged) instead of one per operator
+    ctx.raise_original_map_exception = True  # an EngineReplica's EMTError (a dead endpoint) reaches `user_error`
     chunk = BLOCK_BATCHES * cfg.compute.batch_size  # a few batches per block: fewer, cheaper decode tasks
     blocks = [todo.slice(i, chunk) for i in range(0, todo.num_rows, chunk)]
     gpus = resolve_gpus(cfg)
@@ -231,7 +253,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     # Judges are built before any work, so a bad judge name, key or CLIP model fails before generation.
     judges = {s.name: {j: build_judge(j, s.classes, s.kind, cfg.judge) for j in cfg.judges} for s in specs}
     store = ResultStore(cfg.out, run_identity(cfg, fingerprint))
-    work = {w.name: w for w in prepare(cfg.datasets, fingerprint, cfg.generation, store.done_keys())}
+    work = {w.name: w for w in prepare(cfg.datasets, fingerprint, cfg.generation, finished_keys(store))}
     todo = pa.concat_tables([w.todo for w in work.values()])
     wanted = [k for w in work.values() for k in w.keys]
     total = len(wanted)

@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,7 +34,13 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "error"
+    error: str | None = None  # why a remote server refused this one request (its message); the others still answer
+
+
+def refused(message: str) -> Generation:
+    """The answer to a request that its server refused while answering the others (a limit, an error after retries)."""
+    return Generation(text="", prompt_tokens=0, completion_tokens=0, finish_reason="error", error=message)
 
 
 class Engine(abc.ABC):
@@ -93,17 +101,51 @@ def model_fingerprint(model: str, revision: str | None = None) -> str:
             if not f.is_file():
                 continue
             h.update(str(f.relative_to(path)).encode())
-            if f.suffix in {".json", ".jinja", ".txt", ".model"} or f.stat().st_size < 1 << 20:
-                h.update(f.read_bytes())
-            else:  # weights: size plus head and tail bytes; hashing gigabytes on every run is not worth it
-                with f.open("rb") as fh:
-                    h.update(str(f.stat().st_size).encode())
-                    h.update(fh.read(1 << 20))
-                    fh.seek(-(1 << 20), 2)
-                    h.update(fh.read())
+            h.update(f.read_bytes() if f.stat().st_size < 1 << 20 else file_digest(f).encode())
     else:
         h.update(json.dumps([model, revision]).encode())
     return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """Where EMT keeps what is costly to recompute (weight digests, llm-judge verdicts): $EMT_CACHE_DIR or
+    ~/.cache/emt."""
+    return Path(os.environ.get("EMT_CACHE_DIR") or Path.home() / ".cache" / "emt")
+
+
+def digest_cache_path() -> Path:
+    """Where `file_digest` keeps digests."""
+    return default_cache_dir() / "file-digests.json"
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file of any size, read in blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the whole file, read once per (absolute path, size, mtime_ns): a weight file re-saved in place is
+    hashed again, an unchanged one of many GB is not. The cache keeps one entry per path; a torn or missing cache
+    file only costs hashing again."""
+    stat, key = path.stat(), str(path.resolve())
+    cache_file = digest_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    size, mtime_ns, digest = cache.get(key, (None, None, None))
+    if (size, mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+        digest = sha256_file(path)
+        cache[key] = (stat.st_size, stat.st_mtime_ns, digest)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)  # readers see the old cache or the new one, never half of one
+    return digest
 
 
 def engine_class(model: ModelConfig) -> type[Engine]:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from serving.config import ModelConfig
-from serving.engine import Engine, Generation, GenerationRequest
+from serving.engine import Engine, Generation, GenerationRequest, refused
 from serving.errors import EMTError
 
 
@@ -30,7 +30,11 @@ def chat_messages(request: GenerationRequest) -> list[dict]:
 
 
 class OpenAIEngine(Engine):
-    """Chat completions over HTTP with the `openai` client, `concurrency` requests in flight."""
+    """Chat completions over HTTP with the `openai` client, `concurrency` requests in flight.
+
+    A request the server refuses (a 400 from one of its limits, a 5xx or a rate limit still failing after the
+    client's retries) is that request's answer, `refused` with the server's message: one sample cannot stop a run.
+    An endpoint that cannot be reached, refuses the key or does not serve the model fails the whole call."""
 
     def __init__(self, model: str, endpoint: str, api_key: str | None, concurrency: int = 16,
                  timeout_s: float = 120.0, max_retries: int = 3) -> None:
@@ -82,6 +86,8 @@ class OpenAIEngine(Engine):
         except self._openai.NotFoundError as err:
             raise EMTError(f"endpoint {self.endpoint} does not serve model '{request.adapter or self.model_name}' "
                            f"(404): check --model against GET {self.endpoint}/models") from err
+        except self._openai.APIStatusError as err:
+            return refused(f"endpoint {self.endpoint} refused this request (HTTP {err.status_code}): {err.message}")
         choice = reply.choices[0]
         usage = reply.usage
         return Generation(text=(choice.message.content or "").strip(),
@@ -127,5 +133,11 @@ class ServeEngine(Engine):
         cls(model.name, model.app)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """The batch's answers; an error of the replica (this model's adapter cannot load) fails the call, as it
+        would fail every other batch of the run too."""
         handle = self.handle if self.adapter is None else self.handle.options(multiplexed_model_id=self.adapter)
-        return handle.generate_batch.remote(list(requests)).result()
+        answers = handle.generate_batch.remote(list(requests)).result()
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers

@@ -12,6 +12,9 @@ Other code (Ray Data evaluation) calls the model replicas directly with whole ba
     handle = serve_running("emt")
     gens = await handle.options(multiplexed_model_id="trial_3/checkpoint_000002").generate_batch.remote(requests)
 
+A batch runs one adapter group at a time; a group whose adapter cannot load, or whose generation raises, fails only
+its own requests (each gets that error), and the other groups of the batch still get their answers.
+
 No `from __future__ import annotations` here: FastAPI must see real classes in the route signatures.
 """
 import asyncio
@@ -65,8 +68,8 @@ class _LoadedAdapter:
 
 @serve.deployment(name=MODEL_SERVER)
 class ModelServer:
-    """One engine per replica. Every engine call goes through `_run`, one at a time, so an adapter is never
-    evicted while a batch that needs it is generating."""
+    """One engine per replica. Engine calls run one at a time (under `_lock`), so an adapter is never evicted while
+    a batch that needs it is generating."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
@@ -98,14 +101,14 @@ class ModelServer:
 
     async def chat(self, request: GenerationRequest) -> Generation:
         """One client request, merged with concurrent ones."""
-        return await self._batched(await self._accepted(request))
+        return _raised(await self._batched(await self._accepted(request)))
 
     async def chat_stream(self, request: GenerationRequest) -> AsyncIterator[str | Generation]:
         """`chat` streamed (call it with `handle.options(stream=True)`): pieces of text as they are generated, then
-        the `Generation`, whose text starts with them all."""
+        the `Generation`, whose text starts with them all (or the error that failed this request's adapter group)."""
         async for item in self._batched_stream(await self._accepted(request)):
             if item:  # "": nothing new for this request in this step of its batch
-                yield item
+                yield _raised(item)
 
     async def _accepted(self, request: GenerationRequest) -> GenerationRequest:
         """`request` with the handle's adapter; a prompt over the token limit is refused here, before batching."""
@@ -116,39 +119,57 @@ class ModelServer:
                                f"{self.config.max_prompt_tokens}")
         return request
 
-    async def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
-        """A whole batch from a caller that batches itself (Ray Data). Requests without `adapter` get the
-        handle's `multiplexed_model_id`, if any."""
+    async def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation | Exception]:
+        """A whole batch from a caller that batches itself (Ray Data): each request's answer, or the error that
+        failed its adapter group. Requests without `adapter` get the handle's `multiplexed_model_id`, if any."""
         return await self._run(_with_model_id(requests))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)  # real values set per config in __init__
-    async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
+    async def _batched(self, requests: list[GenerationRequest]) -> list[Generation | Exception]:
         return await self._run(requests)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def _batched_stream(self, requests: list[GenerationRequest]) -> AsyncIterator[list]:
         """Serve's streaming batch: per engine step, one item per request: "" (nothing new), a piece of text, the
-        request's `Generation`, then StopIteration, which ends that request's stream."""
+        request's `Generation` or the error that failed its adapter group, then StopIteration, which ends that
+        request's stream."""
         ended: set[int] = set()
         async with self._lock:
             self._count(requests)
-            async for idx in self._adapter_groups(requests):
-                steps = self.engine.generate_stream([requests[i] for i in idx])
-                while (step := await asyncio.to_thread(next, steps, None)) is not None:
+            for idx in _adapter_groups(requests):
+                async for step in self._group_steps([requests[i] for i in idx]):
                     items: list = [StopIteration if i in ended else "" for i in range(len(requests))]
                     for j, item in step.items():
                         items[idx[j]] = item
-                    ended.update(idx[j] for j, item in step.items() if isinstance(item, Generation))
+                    ended.update(idx[j] for j, item in step.items() if isinstance(item, (Generation, Exception)))
                     yield items
 
-    async def _run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    async def _group_steps(self, group: list[GenerationRequest]) -> AsyncIterator[dict[int, object]]:
+        """`engine.generate_stream` of one adapter group; when its adapter cannot load or generation raises, the
+        group's unfinished requests end with that error and the batch goes on with the next group."""
+        finished: set[int] = set()
+        try:
+            await self._use_adapter(group[0].adapter)
+            steps = self.engine.generate_stream(group)
+            while (step := await asyncio.to_thread(next, steps, None)) is not None:
+                finished.update(j for j, item in step.items() if isinstance(item, Generation))
+                yield step
+        except Exception as err:  # any: it is these requests' answer, not the whole batch's
+            yield {j: err for j in range(len(group)) if j not in finished}
+
+    async def _run(self, requests: Sequence[GenerationRequest]) -> list[Generation | Exception]:
         async with self._lock:
             self._count(requests)
-            out: list[Generation | None] = [None] * len(requests)
-            async for idx in self._adapter_groups(requests):
-                gens = await asyncio.to_thread(self.engine.generate, [requests[i] for i in idx])
-                for i, g in zip(idx, gens):
-                    out[i] = g
+            out: list[Generation | Exception | None] = [None] * len(requests)
+            for idx in _adapter_groups(requests):
+                group = [requests[i] for i in idx]
+                try:
+                    await self._use_adapter(group[0].adapter)
+                    answers: list = await asyncio.to_thread(self.engine.generate, group)
+                except Exception as err:  # any: it is these requests' answer, not the whole batch's
+                    answers = [err] * len(group)
+                for i, answer in zip(idx, answers):
+                    out[i] = answer
             return out  # type: ignore[return-value]
 
     def _count(self, requests: Sequence[GenerationRequest]) -> None:
@@ -156,15 +177,25 @@ class ModelServer:
         self.stats["engine_calls"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
 
-    async def _adapter_groups(self, requests: Sequence[GenerationRequest]) -> AsyncIterator[list[int]]:
-        """Indexes of the requests for each adapter, that adapter loaded before its group is handed out."""
-        by_adapter: dict[str | None, list[int]] = {}
-        for i, r in enumerate(requests):
-            by_adapter.setdefault(r.adapter, []).append(i)
-        for name, idx in by_adapter.items():
-            if name is not None:
-                await self._adapter(name)  # loads on a miss; may evict (and unload) the least recently used
-            yield idx
+    async def _use_adapter(self, name: str | None) -> None:
+        """Load adapter `name` on a miss (None: the base model); may evict (and unload) the least recently used."""
+        if name is not None:
+            await self._adapter(name)
+
+
+def _adapter_groups(requests: Sequence[GenerationRequest]) -> list[list[int]]:
+    """Indexes of the requests of each adapter (None: the base model), in order of first appearance."""
+    by_adapter: dict[str | None, list[int]] = {}
+    for i, r in enumerate(requests):
+        by_adapter.setdefault(r.adapter, []).append(i)
+    return list(by_adapter.values())
+
+
+def _raised(item):
+    """`item`, unless it is the error that failed its request's adapter group: then that error is raised."""
+    if isinstance(item, Exception):
+        raise item
+    return item
 
 
 def _with_model_id(requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:

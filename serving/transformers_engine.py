@@ -11,7 +11,7 @@ import os
 import queue
 import re
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -41,15 +41,20 @@ def pick_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[st
 
 
 def load_model_and_processor(model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None):
-    """Load processor + model with a clear error for a name that is neither a local dir nor a hub id."""
+    """Load processor + model with a clear error for a name that is neither a local dir nor a hub id.
+
+    A device without an index ("auto", "cuda": a serving replica that owns its GPUs) spreads the model over every
+    visible GPU with device_map="auto"; an indexed one ("cuda:1", "cpu": a Ray Train worker's own device, while
+    Ray shows it every GPU of its trial) holds the whole model, as DDP needs.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     device, torch_dtype = pick_device_and_dtype(device, dtype)
     source = model_source(model, revision)
     try:
         processor = AutoProcessor.from_pretrained(source, revision=revision)
-        n_gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-        kwargs = {"device_map": "auto"} if n_gpus > 1 else {}
+        spread = device == "cuda" and torch.cuda.device_count() > 1
+        kwargs = {"device_map": "auto"} if spread else {}
         net = AutoModelForImageTextToText.from_pretrained(source, revision=revision, dtype=torch_dtype, **kwargs)
     except OSError as err:
         raise EMTError(
@@ -101,6 +106,9 @@ class TransformersEngine(Engine):
         self.model_name = name
         self.max_batch_size = max_batch_size
         self.model, self.processor = model, processor
+        # A fast tokenizer's padding settings are state in Rust: a server counts prompt tokens in one thread while
+        # another pads a batch, and Rust refuses the overlap ("Already borrowed"). Every processor call holds this.
+        self._processor_lock = threading.Lock()
         self.device = next(self.model.parameters()).device
         self.has_chat_template = getattr(self.processor, "chat_template", None) is not None
         self.image_token = getattr(self.processor, "image_token", "<image>")
@@ -174,7 +182,9 @@ class TransformersEngine(Engine):
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
         images = [request.image.convert("RGB")] if request.image is not None else None
-        return int(self.processor(images=images, text=[self.render(request)], return_tensors="pt")["input_ids"].shape[1])
+        with self._processor_lock:
+            inputs = self.processor(images=images, text=[self.render(request)], return_tensors="pt")
+        return int(inputs["input_ids"].shape[1])
 
     @classmethod
     def from_config(cls, model: ModelConfig, *, max_batch_size: int, num_threads: int | None) -> "TransformersEngine":
@@ -235,7 +245,7 @@ class TransformersEngine(Engine):
                     continue
                 row.ids.append(token)
                 row.ended = token == tok.eos_token_id
-                if item := self._generation(row.ids, row.prompt_tokens) if row.ended else row.new_text(tok):
+                if item := self._generation(row.ids, row.prompt_tokens) if row.ended else row.new_text(self._decode):
                     news[j] = item
             if news:
                 yield news
@@ -266,9 +276,10 @@ class TransformersEngine(Engine):
 
     def _inputs(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> tuple:
         """The batch's model inputs (left-padded) and `generate`'s arguments for `params`."""
-        texts = [self.render(r) for r in batch]
         images = [r.image.convert("RGB") for r in batch if r.image is not None] or None
-        inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
+        with self._processor_lock:
+            texts = [self.render(r) for r in batch]
+            inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         gen_kwargs = dict(max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens)
@@ -288,8 +299,14 @@ class TransformersEngine(Engine):
             new_ids = new_ids[: new_ids.index(tok.eos_token_id)]
             finish = "stop"
         ids = [t for t in new_ids if t != tok.pad_token_id]
-        text = tok.decode(ids, skip_special_tokens=True).strip()
-        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(ids), finish_reason=finish)
+        return Generation(text=self._decode(ids).strip(), prompt_tokens=prompt_tokens, completion_tokens=len(ids),
+                          finish_reason=finish)
+
+    def _decode(self, ids: list[int]) -> str:
+        """Token ids to text, pad ids dropped, holding the processor lock."""
+        tok = self.processor.tokenizer
+        with self._processor_lock:
+            return tok.decode([t for t in ids if t != tok.pad_token_id], skip_special_tokens=True)
 
 
 class _Row:
@@ -298,10 +315,10 @@ class _Row:
     def __init__(self, prompt_tokens: int) -> None:
         self.prompt_tokens, self.ids, self.sent, self.ended = prompt_tokens, [], 0, False
 
-    def new_text(self, tok) -> str:
+    def new_text(self, decode: Callable[[list[int]], str]) -> str:
         """Text not handed out yet, up to the whitespace before the last word: that word may still grow or change
         (tokenizers tidy the spaces before punctuation), and the final answer loses trailing whitespace."""
-        text = tok.decode([t for t in self.ids if t != tok.pad_token_id], skip_special_tokens=True).lstrip()
+        text = decode(self.ids).lstrip()
         settled = text[: LAST_WORD.search(text).start()]
         new, self.sent = settled[self.sent :], max(self.sent, len(settled))
         return new

@@ -1,7 +1,11 @@
 """The tiny model is a real HF model directory, and the engine's batched greedy answers equal one-at-a-time ones."""
 from __future__ import annotations
 
+import functools
 import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from evaluators.datasets import get_spec, load_split
 from evaluators.prompts import eval_prompt
 from serving.config import ModelConfig, SamplingParams
-from serving.engine import GenerationRequest, load_engine, model_fingerprint
+from serving.engine import Generation, GenerationRequest, load_engine, model_fingerprint
 from serving.errors import EMTError, UnknownNameError
 
 
@@ -89,9 +93,111 @@ def test_fingerprint_follows_content(tmp_path, tiny_model):
     assert model_fingerprint(str(copy)) != a
 
 
+def test_fingerprint_hashes_whole_weight_files_once_per_change(tmp_path, monkeypatch):
+    """A model re-saved in place with other tensors in the middle of its weights is another model; an unchanged
+    weight file is hashed once, then its digest is read from the cache ($EMT_CACHE_DIR)."""
+    from cluster.commands.models import tiny_model_corpus
+    from serving import engine
+    from serving.tiny_model import build_tiny_llava
+
+    monkeypatch.setenv("EMT_CACHE_DIR", str(tmp_path / "cache"))
+    model = build_tiny_llava(tmp_path / "wide", tiny_model_corpus(), hidden_size=128, layers=3)
+    weights = model / "model.safetensors"
+    size, middle = weights.stat().st_size, weights.stat().st_size // 2
+    assert 1 << 20 < middle < size - (1 << 20), "the change lies outside the first and last MiB"
+    hashed = []
+    monkeypatch.setattr(engine, "sha256_file", lambda path, real=engine.sha256_file: hashed.append(path) or real(path))
+    first = model_fingerprint(str(model))
+    assert model_fingerprint(str(model)) == first and hashed == [weights], "the second call reads the cached digest"
+    assert (tmp_path / "cache" / "file-digests.json").is_file()
+
+    before = weights.stat()
+    with weights.open("r+b") as fh:
+        fh.seek(middle)
+        old = fh.read(64)
+        fh.seek(middle)
+        fh.write(bytes(b ^ 0x5A for b in old))
+    # A re-save leaves a later mtime; set one, so the file system's clock tick cannot hide the change.
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    changed = model_fingerprint(str(model))
+    assert changed != first and hashed == [weights, weights]
+    assert model_fingerprint(str(model)) == changed and len(hashed) == 2
+
+
 def test_local_model_dirs_become_absolute_for_workers_with_another_cwd(tmp_path, monkeypatch):
     (tmp_path / "runs" / "m").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert ModelConfig(name="runs/m").name == str(tmp_path / "runs" / "m")
     assert ModelConfig(name="llava-hf/llava-1.5-7b-hf").name == "llava-hf/llava-1.5-7b-hf"
     assert ModelConfig(name="runs/m", backend="serve").name == "runs/m", "a served name is a name, not a path"
+
+
+class BorrowCheckedTokenizer:
+    """A Rust tokenizer under PyO3's borrow rule, as older tokenizers releases (pyproject allows >=0.20) enforce it:
+    changing padding or truncation while another thread is inside `encode_batch` or `decode` (which release the
+    GIL) raises "Already borrowed". The pinned 0.23.3 did not raise it here, so the rule is checked by this proxy."""
+
+    SETTINGS = {"enable_padding", "no_padding", "enable_truncation", "no_truncation"}
+    READS = {"encode", "encode_batch", "encode_batch_fast", "decode", "decode_batch"}
+
+    def __init__(self, inner) -> None:
+        self.inner, self.readers, self.guard = inner, 0, threading.Lock()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.inner, name)
+        if name in self.SETTINGS:
+            return functools.partial(self._set, attr)
+        if name in self.READS:
+            return functools.partial(self._read, attr)
+        return attr
+
+    def _set(self, method, *args, **kwargs):
+        with self.guard:
+            if self.readers:
+                raise RuntimeError("Already borrowed")
+            return method(*args, **kwargs)
+
+    def _read(self, method, *args, **kwargs):
+        with self.guard:
+            self.readers += 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            with self.guard:
+                self.readers -= 1
+
+
+def test_prompt_tokens_in_many_threads_while_generate_pads_batches(tiny_model):
+    """A server counts each request's prompt tokens in a thread of its own while the engine pads a batch (and
+    streams another) in others: every processor and tokenizer call holds the engine's lock, so none fails."""
+    from serving.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(tiny_model, max_batch_size=8)
+    tok = engine.processor.tokenizer
+    tok._tokenizer = BorrowCheckedTokenizer(tok._tokenizer)
+    images, prompt = images_and_prompts(8)
+    requests = [GenerationRequest(prompt + " word" * (40 * i), img, SamplingParams(max_tokens=4))
+                for i, img in enumerate(images)]  # unequal lengths: the batch is padded
+    expected = [engine.prompt_tokens(r) for r in requests]
+    threads = 8
+    start, generated = threading.Barrier(threads + 1), threading.Event()
+
+    def count(request: GenerationRequest) -> set[int]:
+        start.wait()
+        seen = {engine.prompt_tokens(request)}
+        while not generated.is_set():  # until generation ends: no clock decides how long they overlap
+            seen.add(engine.prompt_tokens(request))
+        return seen
+
+    with ThreadPoolExecutor(threads) as pool:
+        counts = [pool.submit(count, r) for r in requests]
+        start.wait()
+        try:
+            whole = engine.generate(requests)
+            streamed = [g for step in engine.generate_stream(requests) for g in step.values()
+                        if isinstance(g, Generation)]
+        finally:
+            generated.set()
+        assert [c.result() for c in counts] == [{n} for n in expected]
+    assert sorted(g.text for g in streamed) == sorted(g.text for g in whole)
+    assert [g.prompt_tokens for g in whole] == expected

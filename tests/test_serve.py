@@ -25,11 +25,13 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
+import torch
 from PIL import Image
 from test_adapters import color_images, make_lora, make_projector
 
 from serving.config import SamplingParams, ServeConfig
 from serving.engine import GenerationRequest
+from serving.errors import EMTError
 from serving.transformers_engine import TransformersEngine
 
 KEY = "test-key"
@@ -170,6 +172,78 @@ def test_generate_batch_through_a_deployment_handle(server, engine):
     via_http = [ask(server, data_uri(r.image), model="lora").choices[0].message.content for r in requests]
     assert [g.text for g in via_lora] == via_http
     assert handle.list_models.remote().result()["adapters"] == ["lora", "trial_0/checkpoint_000001"]
+
+
+def broken_projector(base: str, out: Path) -> Path:
+    """A projector checkpoint whose weights do not fit the base: the catalog lists it, the replica cannot load it."""
+    from safetensors.torch import save_file
+
+    make_projector(base, out)
+    save_file({"linear_1.weight": torch.zeros(3, 3)}, str(out / "projector.safetensors"))
+    return out
+
+
+def test_a_broken_adapter_fails_only_its_own_requests_in_a_shared_batch(server, tiny_model):
+    """A batch that holds base, broken-adapter and LoRA requests (sent through the handle with `adapter` set and no
+    multiplexed id, so Serve does not split the batch by model): the broken adapter's request gets its error, the
+    other groups their answers, whole or streamed; over HTTP the broken adapter is a 500 with the message. Its own
+    app runs a batch when three requests are in, never by the clock."""
+    from ray import serve
+
+    from serving.serve_app import build_app, serve_running
+
+    root = server["root"] / "isolation"
+    broken_projector(tiny_model, root / "broken")
+    cfg = ServeConfig(model=tiny_model, api_key=KEY, port=server["cfg"].port, adapters_dir=str(root),
+                      adapters={"lora": server["cfg"].adapters["lora"]}, max_batch_size=3, batch_wait_timeout_s=300,
+                      app_name="emt-isolation", route_prefix="/emt-isolation")
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    try:
+        handle = serve_running(cfg.app_name)
+        requests = [GenerationRequest(PROMPT, img, SamplingParams(max_tokens=8), adapter=name)
+                    for img, name in zip(color_images(3), [None, "broken", "lora"])]
+        mixed = handle.generate_batch.remote(requests).result()
+        alone = handle.generate_batch.remote([requests[0], requests[2]]).result()
+        assert isinstance(mixed[1], EMTError) and "does not fit the projector" in str(mixed[1]), mixed[1]
+        assert [mixed[0], mixed[2]] == alone and all(g.text for g in alone)
+
+        def one_batch(call) -> list:
+            """`call` for each request, all three in one engine call of the replica."""
+            before = handle.get_stats.remote().result()
+            responses = [call(r) for r in requests]
+            answers = [_outcome(r) for r in responses]
+            after = handle.get_stats.remote().result()
+            assert (after["engine_calls"] - before["engine_calls"], after["requests"] - before["requests"]) == (1, 3)
+            return answers
+
+        base, broken, lora = one_batch(handle.chat.remote)
+        assert [base, lora] == alone and isinstance(broken, EMTError) and "does not fit the projector" in str(broken)
+        base, broken, lora = one_batch(lambda r: handle.options(stream=True).chat_stream.remote(r))
+        assert [base[-1], lora[-1]] == alone, "a stream ends with the whole answer"
+        assert base[-1].text.startswith("".join(base[:-1])) and lora[-1].text.startswith("".join(lora[:-1]))
+        assert isinstance(broken, EMTError) and "does not fit the projector" in str(broken)
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.port}{cfg.route_prefix}/v1", api_key=KEY,
+                               max_retries=0, timeout=120)
+        with ThreadPoolExecutor(3) as pool:
+            replies = [pool.submit(client.chat.completions.create, model=r.adapter or tiny_model,
+                                   messages=user(data_uri(r.image)), max_tokens=8, temperature=0) for r in requests]
+            assert [replies[0].result().choices[0].message.content,
+                    replies[2].result().choices[0].message.content] == [g.text for g in alone]
+            with pytest.raises(openai.InternalServerError, match="does not fit the projector"):
+                replies[1].result()
+    finally:
+        serve.delete(cfg.app_name)
+
+
+def _outcome(response):
+    """A handle response's answer (a streamed one's items as a list), or the error it raised."""
+    from ray.serve.handle import DeploymentResponseGenerator
+
+    try:
+        return list(response) if isinstance(response, DeploymentResponseGenerator) else response.result()
+    except EMTError as err:
+        return err
 
 
 def noise_png(side: int) -> str:

@@ -5,17 +5,12 @@ nothing already written. Only real decisions are stored; a failed judgement is a
 """
 from __future__ import annotations
 
-import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Iterable
 
 _CHUNK = 500  # keys per query, below sqlite's bound-variable limit
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMT_CACHE_DIR") or Path.home() / ".cache" / "emt")
 
 
 class VerdictCache:
