@@ -5,6 +5,7 @@ Pictures are embedded as base64 PNG data URIs and the CSS is inline, so the file
 from __future__ import annotations
 
 import base64
+import json
 from html import escape
 from pathlib import Path
 
@@ -49,8 +50,17 @@ def highlighted_trials(metrics_tbl: pa.Table, objective: str, weight: float) -> 
     return set(chosen.values())
 
 
+def evaluation_splits(run_dir: Path) -> str:
+    """'digits: test, colors: test': the split each dataset's cells, and so the best run, were measured on."""
+    splits: dict[str, str] = {}
+    for path in sorted(run_dir.glob("evals/*/*/summary.json")):
+        for ds in json.loads(path.read_text()).get("config", {}).get("datasets", []):
+            splits.setdefault(ds["name"], ds.get("split", "test"))
+    return ", ".join(f"{n}: {s}" for n, s in sorted(splits.items())) or "as stored in the evaluations"
+
+
 def render_html(name: str, g: Grid, metrics_tbl: pa.Table, pngs: dict[str, bytes], objective: str,
-                weight: float) -> str:
+                weight: float, splits: str) -> str:
     ranked = best_trials(metrics_tbl, objective, weight).to_pylist()
     chosen = escape(ranked[0]["label"]) if ranked else "none (no candidate row)"
     labels = {r["model"]: r["label"] for r in metrics_tbl.to_pylist()}
@@ -63,6 +73,9 @@ def render_html(name: str, g: Grid, metrics_tbl: pa.Table, pngs: dict[str, bytes
 <h2>Best checkpoint under each objective</h2>
 <p>Chosen objective: <b>{escape(objective_name(objective, weight))}</b>, best: <b>{chosen}</b>
 (the curves draw that trial, per tuned dataset and method, in bold).</p>
+<p>Split that chose the best run: the evaluation split of the matrix ({escape(splits)}), as every table here.
+Tune's search and ASHA chose among trials on their in-trial validation instead: held-out rows of each dataset's
+training split (its validation split where it has one), never the evaluation's or the trial's training images.</p>
 {html(best_table(metrics_tbl, weight))}
 <h2>Forgetting matrix (accuracy %)</h2>
 {html(matrix_table(g))}
@@ -94,6 +107,6 @@ def write_report(run_dir: str | Path, objective: str = "tradeoff", weight: float
         paths[name] = run_dir / name
         atomic_write_bytes(png, paths[name])
     paths["report.html"] = run_dir / "report.html"
-    html_text = render_html(run_dir.resolve().name, g, metrics_tbl, pngs, objective, weight)
+    html_text = render_html(run_dir.resolve().name, g, metrics_tbl, pngs, objective, weight, evaluation_splits(run_dir))
     atomic_write_text(html_text, paths["report.html"])
     return paths

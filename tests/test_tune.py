@@ -65,6 +65,11 @@ def part_files(out: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in (out / "evals").glob("*/*/parts/*.parquet")}
 
 
+def answers(out: Path, row: str, dataset: str) -> dict[str, str]:
+    table = pq.read_table(out / "evals" / row / dataset / "samples.parquet", columns=["sample_id", "output"])
+    return dict(zip(table.column("sample_id").to_pylist(), table.column("output").to_pylist()))
+
+
 def test_bad_tune_configs_are_rejected_with_the_key(tmp_path, tiny_model):
     path = experiment(tmp_path, tiny_model, learning_rate=0.1)
     with pytest.raises(EMTError, match="unknown hyperparameter 'learning_rate'"):
@@ -76,6 +81,11 @@ def test_bad_tune_configs_are_rejected_with_the_key(tmp_path, tiny_model):
     with pytest.raises(EMTError, match="resources.max_concurent_trials: unknown key. Did you mean 'max_concurrent_trials'"):
         parse_config(TuneConfig, path, {})
     data["resources"].pop("max_concurent_trials")
+    data["eval"]["datasets"].append({"name": "digits", "split": "train"})
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(EMTError, match="eval.datasets: .*dataset 'digits' is listed more than once"):
+        parse_config(TuneConfig, path, {})
+    data["eval"]["datasets"].pop()
     data["search"]["space"]["method"] = ["linear", {"uniform": [1, 2], "choice": [3]}]
     path.write_text(yaml.safe_dump(data))
     assert main(["tune", "--config", str(path), "--resume"]) == 2, "nothing to resume in a new directory"
@@ -101,7 +111,8 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
     assert main(["tune", "--config", str(config), "--resume"]) == 0
     matrix = pq.read_table(out / "matrix.parquet").to_pylist()
     rows = {r["model"] for r in matrix}
-    assert "base" in rows and len(rows) == 1 + 2 * 2, rows  # base + 2 trials x 2 epochs
+    tuned = {(r["trial_id"], r["epoch"]) for r in matrix if r["method"] != "base"}
+    assert "base" in rows and len(tuned) == 2 * 2, rows  # base + 2 trials x 2 epochs
     assert {(r["method"], r["epoch"]) for r in matrix if r["method"] != "base"} == {
         ("linear", 1), ("linear", 2), ("lora", 1), ("lora", 2)}
     assert {r["eval_dataset"] for r in matrix} == {"digits", "colors"}
@@ -112,6 +123,9 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
         keys = pq.read_table(summary.parent / "samples.parquet", columns=["key"]).column("key").to_pylist()
         assert len(keys) == len(set(keys)) == 20
     assert list((out / "train").glob(".crashed-*")), "the injected crash happened"
+    for row in rows - {"base"}:  # every row is its own checkpoint, not the base evaluated again
+        mine, base = answers(out, row, "digits"), answers(out, "base", "digits")
+        assert mine.keys() == base.keys() and mine != base, f"{row} answers as the base does"
     for name in ("matrix.csv", "matrix.md", "report.html"):
         assert (out / name).stat().st_size > 0
     assert "tfevents" in " ".join(str(p) for p in (out / "tune").rglob("*tfevents*")), "TensorBoard logs by default"
@@ -122,6 +136,7 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
                                      for r in results), "Tune searches on the forgetting objective"
     report = (out / "report.html").read_text()
     assert all(name in report for name in ("best run", "gain", "mean forgetting")), "the report names the best runs"
+    assert "Split that chose the best run: the evaluation split of the matrix (colors: test, digits: test)" in report
 
     parts = part_files(out)
     assert main(["tune", "--config", str(config), "--resume"]) == 0

@@ -1,9 +1,10 @@
 """Every checkpoint evaluated on every dataset through one Serve deployment that loads it as an adapter by name
 (the base model stays loaded); each result lands under DIR/evals/<row>/<dataset>/ as soon as it is ready.
 
-A background thread scans the trials' storage for finished checkpoints while Tune trains; the same scan after
-training (or after a resumed run) picks up whatever is left. Results are keyed by content (evaluators.results),
-so a row already evaluated costs nothing again.
+A background thread scans the trials' storage for complete checkpoints (tuners.manifest) while Tune trains; the
+same scan after training (or after a resumed run) picks up whatever is left. Results are keyed by content
+(evaluators.results), so a row already evaluated costs nothing again. If the scanner fails, it says so at once and
+`StopOnScannerError` stops every trial: training on without evaluation would only waste the cluster.
 """
 from __future__ import annotations
 
@@ -12,20 +13,18 @@ import json
 import threading
 from pathlib import Path
 
-from ray import serve
+from ray import serve, tune
 
 from evaluators.config import ComputeConfig, EvalConfig
 from evaluators.matrix import write_matrix
 from evaluators.pipeline import evaluate
-from serving.adapters import adapter_kind
 from serving.config import ModelConfig, ServeConfig
 from serving.deploy import run_app
 from serving import terminal
-from serving.errors import EMTError
 from serving.faults import fault_point
 from serving.serve_app import build_app
 from tuners.config import TuneConfig
-from tuners.recipe import CHECKPOINT_META, STATE_FILE
+from tuners.manifest import CHECKPOINT_META, complete_meta
 
 APP = "emt-tune"
 
@@ -48,25 +47,42 @@ class Row:
                 "trial_id": self.trial_id, "hyperparameters": self.hyperparameters, "checkpoint": self.checkpoint}
 
 
-def checkpoint_rows(train_dir: Path) -> list[Row]:
-    """Finished checkpoints under the trials' storage (meta, state and adapter files all present)."""
+def checkpoint_rows(train_dir: Path, verified: dict[Path, dict] | None = None) -> list[Row]:
+    """Complete checkpoints under the trials' storage, one row each. `verified` caches the meta of checkpoints
+    already found complete, so each is hashed once."""
+    verified = {} if verified is None else verified
     rows = []
     for meta_file in sorted(train_dir.rglob(CHECKPOINT_META)):
         ckpt = meta_file.parent
-        try:
-            adapter_kind(ckpt)
-            meta = json.loads(meta_file.read_text())
-        except (EMTError, json.JSONDecodeError):
-            continue  # still being written
-        if not (ckpt / STATE_FILE).exists():
-            continue
+        meta = verified.get(ckpt) or complete_meta(ckpt)
+        if meta is None:
+            continue  # still being copied (or a copy a crash cut short)
+        verified[ckpt] = meta
         rows.append(Row(
-            row_id=f"{meta['method']}-{meta['train_dataset']}-{meta['trial']}-e{meta['epoch']}",
+            # the directory name too: a retried epoch can leave two checkpoints of one (trial, epoch)
+            row_id=f"{meta['method']}-{meta['train_dataset']}-{meta['trial']}-e{meta['epoch']}-{ckpt.name}",
             served_name=str(ckpt.relative_to(train_dir)), method=meta["method"],
             train_dataset=meta["train_dataset"], epoch=int(meta["epoch"]), trial_id=meta["trial"],
             hyperparameters=meta["hyperparameters"], checkpoint=str(ckpt),
         ))
     return rows
+
+
+_SCANNER_ERRORS: dict[str, BaseException] = {}  # experiment dir -> its scanner's error, in the driver process
+
+
+class StopOnScannerError(tune.Stopper):
+    """Stops every trial once the experiment's checkpoint scanner has failed. It holds only the experiment's
+    directory: Tune pickles it into the experiment state, and a restored run finds the new scanner by it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = str(out)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.out in _SCANNER_ERRORS
 
 
 class CheckpointEvaluator:
@@ -80,8 +96,10 @@ class CheckpointEvaluator:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self._serve_was_running = True
+        self._verified: dict[Path, dict] = {}
 
     def start(self) -> None:
+        _SCANNER_ERRORS.pop(str(self.out), None)
         serve_cfg = ServeConfig(model=self.cfg.model, replicas=self.cfg.serve_replicas, adapters_dir=str(self.train_dir),
                                 app_name=APP, max_batch_size=self.cfg.eval.batch_size)
         status = serve.status()
@@ -96,15 +114,18 @@ class CheckpointEvaluator:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                fault_point("tune.scan")
                 self.evaluate_pending()
-            except BaseException as err:  # surfaced by finish(): a failed evaluation must not vanish in a thread
+            except BaseException as err:  # said now, trials stopped, raised by finish(): never lost in a thread
                 self.error = err
+                terminal.warn(f"checkpoint evaluation failed, stopping every trial: {type(err).__name__}: {err}")
+                _SCANNER_ERRORS[str(self.out)] = err
                 return
             self._stop.wait(self.poll_s)
 
     def evaluate_pending(self) -> int:
         done = 0
-        for row in checkpoint_rows(self.train_dir):
+        for row in checkpoint_rows(self.train_dir, self._verified):
             if self._stop.is_set() and self._thread is not None and threading.current_thread() is self._thread:
                 break
             if not self.is_complete(row):
@@ -139,6 +160,7 @@ class CheckpointEvaluator:
             if evaluate_remaining:
                 self.evaluate_pending()
         finally:
+            _SCANNER_ERRORS.pop(str(self.out), None)
             serve.delete(APP)
             if not self._serve_was_running:
                 serve.shutdown()

@@ -16,7 +16,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from evaluators.results import atomic_write_text
 from serving.errors import EMTError
-from tuners.checkpoint_eval import CheckpointEvaluator
+from tuners.checkpoint_eval import CheckpointEvaluator, StopOnScannerError
 from tuners.config import TuneConfig, space_values
 from tuners.trials import EXPERIMENT, param_space, run_trial
 
@@ -85,6 +85,7 @@ def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
                                     num_samples=cfg.search.num_samples,
                                     max_concurrent_trials=cfg.resources.max_concurrent_trials),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), callbacks=logger_callbacks(cfg),
+                                  stop=StopOnScannerError(out),
                                   verbose=0,  # our stage lines and the matrix say it; Tune's tables go to its logs
                                   failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
     )

@@ -2,7 +2,8 @@
 
 `linear`: the projector only (LLaVA's stage-1 / the paper's "linear adapter").
 `lora`: the projector plus LoRA on the language model's linear layers (through `peft`).
-The vision tower is always frozen.
+The vision tower is always frozen. Trained parameters are kept in fp32 whatever the model's dtype (LLaVA's recipe:
+bf16 weights, fp32 master copies for AdamW); the frozen ones stay in the low precision the model was loaded in.
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def apply_method(model: torch.nn.Module, method: str, lora: LoraSettings, lr: fl
             others.append(param)
     if not projector:
         raise EMTError(f"no projector parameters found at '{mods.projector}' for {type(model).__name__}")
+    for param in projector + others:  # AdamW on bf16 weights loses small updates to rounding
+        param.data = param.data.float()
     groups = [{"params": projector, "lr": projector_lr or lr, "name": "projector"}]
     if others:
         groups.append({"params": others, "lr": lr, "name": "lora"})

@@ -6,13 +6,13 @@ state to resume from; a restarted worker (crash, preemption, a restored experime
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -20,14 +20,14 @@ from transformers import get_cosine_schedule_with_warmup
 
 from evaluators.datasets import get_spec
 from serving.adapters import save_projector_checkpoint
-from serving.transformers_engine import load_model_and_processor
+from serving.transformers_engine import load_model_and_processor, pick_device_and_dtype
 from tuners.config import SEARCHABLE
 from tuners.data import collate
+from tuners.manifest import write_meta
 from tuners.validation import accuracies, objective_metrics, validation_sets
 from tuners.methods import LoraSettings, apply_method, trainable_state
 
 STATE_FILE = "train_state.pt"
-CHECKPOINT_META = "emt_checkpoint.json"  # what the matrix needs to place this checkpoint, written last
 CRASH_ENV = "EMT_CRASH_ONCE_AFTER_EPOCH"  # fault injection for tests: crash once after this epoch
 
 
@@ -35,8 +35,30 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def load_for_training(config: dict):
+    """The base model and processor, whole on this worker's own device: Ray Train shows every worker of a trial
+    all of its GPUs, and DDP needs each worker's replica on one device, never spread by a device_map."""
+    return load_model_and_processor(config["model"], device=str(ray.train.torch.get_device()),
+                                    dtype=config.get("dtype", "auto"))
+
+
+def mixed_precision(device: torch.device, dtype: torch.dtype):
+    """Frozen weights stay in `dtype` and trained ones in fp32 (methods.apply_method); autocast runs each op in
+    `dtype` so the two meet, as LLaVA trains in bf16 with fp32 master weights. A no-op for fp32 models."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def epoch_batches(shard, config: dict, epoch: int, rows: int):
+    """This epoch's batches in a fresh order that the trial's seed fixes. The shuffle buffer holds the whole
+    shard (the training sample is in memory already), so class-sorted sources such as image folders mix fully."""
+    seed = int(np.random.SeedSequence([config["seed"], epoch]).generate_state(1)[0])
+    return shard.iter_batches(batch_size=config["batch_size"], batch_format="pyarrow",
+                              local_shuffle_buffer_size=max(rows, 1), local_shuffle_seed=seed)
+
+
 def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path, base_val: dict) -> None:
-    """Trained weights in the format the server loads (adapter or projector), plus resumable state."""
+    """Trained weights in the format the server loads (adapter or projector), plus resumable state; the meta and
+    manifest last, so the scanner can tell the copy Ray makes of this directory is complete (tuners.manifest)."""
     net = unwrap(model)
     extra = {"method": config["method"], "train_dataset": config["train_dataset"], "epoch": epoch}
     if config["method"] == "lora":
@@ -45,9 +67,8 @@ def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: 
         save_projector_checkpoint(net, out, config["model"], extra)
     torch.save({"epoch": epoch, "weights": trainable_state(net), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "base_val": base_val}, out / STATE_FILE)
-    meta = {**extra, "trial": ray.train.get_context().get_experiment_name(), "base_model": config["model"],
-            "hyperparameters": {k: config[k] for k in SEARCHABLE if k in config}}
-    (out / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, default=str))
+    write_meta(out, {**extra, "trial": ray.train.get_context().get_experiment_name(), "base_model": config["model"],
+                     "hyperparameters": {k: config[k] for k in SEARCHABLE if k in config}})
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -55,9 +76,11 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(config["seed"])
-    if not torch.cuda.is_available():  # a CPU worker may use the cores Ray gave it, not just one
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":  # a CPU worker may use the cores Ray gave it, not just one
         torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
-    model, processor = load_model_and_processor(config["model"], dtype=config.get("dtype", "auto"))
+    model, processor = load_for_training(config)
+    dtype = pick_device_and_dtype(str(device), config.get("dtype", "auto"))[1]  # the frozen weights'
     lora = LoraSettings(r=config["lora_r"], alpha=config["lora_alpha"], dropout=config["lora_dropout"],
                         target_modules=tuple(config["lora_target_modules"] or ()) or None)
     model, groups = apply_method(model, config["method"], lora, config["lr"], config.get("projector_lr"))
@@ -65,7 +88,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.get_world_size() > 1 else None)
     spec = get_spec(config["train_dataset"])
     shard = ray.train.get_dataset_shard("train")
-    steps_per_epoch = max(1, math.ceil(config["train_rows"] / ctx.get_world_size() / config["batch_size"]))
+    shard_rows = math.ceil(config["train_rows"] / ctx.get_world_size())
+    steps_per_epoch = max(1, math.ceil(shard_rows / config["batch_size"]))
     optimizer = torch.optim.AdamW(groups, weight_decay=config.get("weight_decay", 0.0))
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(config.get("warmup_ratio", 0.03) * steps_per_epoch * config["epochs"]),
@@ -84,17 +108,18 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, base_val = state["epoch"], state["base_val"]
     elif val_sets:  # before the first step the trainable weights are the base's (LoRA starts at zero)
-        base_val = accuracies(unwrap(model), processor, val_sets, config["batch_size"])
-    device = ray.train.torch.get_device()
+        with mixed_precision(device, dtype):
+            base_val = accuracies(unwrap(model), processor, val_sets, config["batch_size"])
 
     # --- train -------------------------------------------------------------------------------------------------
     for epoch in range(start_epoch + 1, config["epochs"] + 1):
         started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for batch in shard.iter_batches(batch_size=config["batch_size"], batch_format="pyarrow"):
+        for batch in epoch_batches(shard, config, epoch, shard_rows):
             inputs = {k: v.to(device) for k, v in collate(batch, processor, spec.classes, spec.kind).items()}
             if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(unwrap(model).dtype)
-            loss = model(**inputs).loss
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            with mixed_precision(device, dtype):
+                loss = model(**inputs).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
             optimizer.step()
@@ -105,7 +130,8 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
                    "samples_per_s": seen * ctx.get_world_size() / max(elapsed, 1e-9)}
         if val_sets:
-            acc = accuracies(unwrap(model), processor, val_sets, config["batch_size"])
+            with mixed_precision(device, dtype):
+                acc = accuracies(unwrap(model), processor, val_sets, config["batch_size"])
             metrics.update(objective_metrics(acc, base_val, config))
 
         # --- save ----------------------------------------------------------------------------------------------

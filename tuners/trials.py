@@ -15,9 +15,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from evaluators.datasets import load_split
 from tuners.config import TuneConfig
 from tuners.recipe import train_loop_per_worker
+from tuners.samples import training_sample
 
 EXPERIMENT = "trials"
 
@@ -58,26 +58,28 @@ def param_space(cfg: TuneConfig) -> dict[str, Any]:
 
 
 def run_trial(config: dict) -> None:
-    """One trial: the training sample as a Ray Dataset, sharded over this trial's Train workers."""
-    table = load_split(config["train_dataset"], split=config["train_split"],
-                       source=config["train_sources"].get(config["train_dataset"]),
-                       limit=config["train_limit"], seed=config["train_seed"])
+    """One Tune trial: its TorchTrainer, reporting every epoch to Tune."""
+    build_trainer(config, tune.get_context().get_trial_name(), [TuneReportCallback()]).fit()
+
+
+def build_trainer(config: dict, name: str, callbacks: list) -> TorchTrainer:
+    """The training sample as a Ray Dataset, sharded over this trial's Train workers; runs resume by `name`."""
+    table = training_sample(config)
     config = {**config, "train_rows": table.num_rows}
     resources = {"CPU": config["cpus_per_worker"]}
     if config["use_gpu"]:
         resources["GPU"] = config["gpus_per_worker"] or 1
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=config["num_workers"], use_gpu=config["use_gpu"],
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=tune.get_context().get_trial_name(),
+            name=name,
             storage_path=config["storage"],
             checkpoint_config=CheckpointConfig(num_to_keep=None),  # every epoch is a row of the matrix
             failure_config=FailureConfig(max_failures=config["max_failures"]),
-            callbacks=[TuneReportCallback()],
+            callbacks=callbacks,
         ),
         datasets={"train": ray.data.from_arrow(table)},
     )
-    trainer.fit()

@@ -2,7 +2,8 @@
 objective itself: the tuned gain, the mean forgetting, or their trade-off - the score the report ranks by.
 
 It runs on the training worker's own weights (no Serve round trip), on `validation_limit` images per eval
-dataset with the rule judge; the full evaluation of every checkpoint through Serve fills the matrix.
+dataset with the rule judge; the full evaluation of every checkpoint through Serve fills the matrix. The images are
+never the matrix's nor the trial's training images (tuners.samples), so choosing a run here does not peek at them.
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from evaluators.datasets import get_spec, load_split
+from evaluators.datasets import get_spec
 from evaluators.forgetting import objective_score
 from evaluators.judges.rule import RuleJudge
 from evaluators.prompts import eval_prompt
 from serving.config import SamplingParams
 from serving.engine import GenerationRequest
 from serving.transformers_engine import TransformersEngine
+from tuners.samples import validation_sample
 
 
 @dataclass
@@ -29,13 +31,12 @@ class ValidationSet:
 
 
 def validation_sets(config: dict) -> list[ValidationSet]:
-    """Class-stratified samples of every eval dataset (a seed apart from the evaluation's own sample)."""
+    """Every eval dataset's validation sample, prompted and judged as the matrix does."""
     params = SamplingParams(max_tokens=config["validation_max_tokens"])
     sets = []
     for ds in config["eval_datasets"]:
         spec = get_spec(ds["name"])
-        table = load_split(ds["name"], split=ds["split"], source=ds["source"], limit=config["validation_limit"],
-                           seed=ds["seed"] + 1)
+        table = validation_sample(ds["name"], config)
         prompt = eval_prompt(spec.kind, spec.classes, sort=spec.sort_prompt_labels)
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in table.column("image").to_pylist()]
         sets.append(ValidationSet(spec.name, [GenerationRequest(prompt, img, params) for img in images],
