@@ -83,7 +83,7 @@ def test_bad_tune_configs_are_rejected_with_the_key(tmp_path, tiny_model):
     data["resources"].pop("max_concurent_trials")
     data["eval"]["datasets"].append({"name": "digits", "split": "train"})
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(EMTError, match="eval.datasets: .*dataset 'digits' is listed more than once"):
+    with pytest.raises(EMTError, match="eval.datasets: .*dataset 'digits' is listed twice"):
         parse_config(TuneConfig, path, {})
     data["eval"]["datasets"].pop()
     data["search"]["space"]["method"] = ["linear", {"uniform": [1, 2], "choice": [3]}]

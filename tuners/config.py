@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from evaluators.config import DatasetConfig
+from evaluators.config import _Datasets
 from serving.config import ModelConfig, SamplingParams, StrictModel
 
 SEARCHABLE = ("method", "train_dataset", "lr", "projector_lr", "epochs", "batch_size", "weight_decay",
@@ -31,30 +31,14 @@ class TrainData(StrictModel):
     seed: int = 0
 
 
-class EvalSettings(StrictModel):
-    datasets: list[DatasetConfig] = Field(min_length=1)
+class EvalSettings(_Datasets):
+    """The matrix's datasets (each name once, as `emt eval` takes them) and how every checkpoint is evaluated."""
+
     generation: SamplingParams = SamplingParams(max_tokens=32)
     batch_size: int = Field(32, ge=1)
     concurrency: int = Field(2, ge=1, description="Ray Data actors sending batches to the Serve deployment")
     validation_limit: int = Field(32, ge=1, description="images per dataset of the in-trial validation (objective), "
                                   "held out of its training split (or its own validation split)")
-
-    @field_validator("datasets", mode="before")
-    @classmethod
-    def _names(cls, value):
-        return [{"name": v} if isinstance(v, str) else v for v in value]
-
-    @field_validator("datasets")
-    @classmethod
-    def _one_entry_per_name(cls, datasets: list[DatasetConfig]) -> list[DatasetConfig]:
-        """The matrix has one column per dataset name: a second entry would silently replace the first."""
-        names = [d.name for d in datasets]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"dataset {', '.join(repr(n) for n in twice)} is listed more than once; the matrix has "
-                             "one column per dataset name, so keep one entry each (another split or source of it "
-                             "needs an experiment of its own)")
-        return datasets
 
 
 class Resources(StrictModel):

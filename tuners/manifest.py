@@ -1,0 +1,45 @@
+"""When a checkpoint in the trials' storage is complete enough to evaluate.
+
+Ray Train V2 creates the final `checkpoint_*` directory first and then copies the worker's files into it in
+parallel (pyarrow.fs.copy_files), so neither a file's presence nor the order the recipe wrote them in says the copy
+is done. The recipe therefore ends every checkpoint with CHECKPOINT_META: what the matrix needs to place it plus the
+size and sha256 of every other file. A checkpoint is complete when that JSON parses (a half-copied one does not) and
+every file it lists is there with its size and hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+CHECKPOINT_META = "emt_checkpoint.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_meta(ckpt: Path, meta: dict) -> None:
+    """`meta` plus the manifest of every file already in `ckpt`: call it after the last file is written."""
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
+             for p in sorted(ckpt.rglob("*")) if p.is_file()}
+    (ckpt / CHECKPOINT_META).write_text(json.dumps({**meta, "files": files}, indent=2, default=str))
+
+
+def complete_meta(ckpt: Path) -> dict | None:
+    """The checkpoint's meta once every file it lists has arrived intact; None while any is missing or partial."""
+    try:
+        meta = json.loads((ckpt / CHECKPOINT_META).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not files:
+        return None  # not written by this recipe's write_meta
+    paths = {ckpt / name: entry for name, entry in files.items()}
+    if any(not p.is_file() or p.stat().st_size != e["size"] for p, e in paths.items()):
+        return None  # cheap check first: hashing waits until every size is right
+    return meta if all(sha256(p) == e["sha256"] for p, e in paths.items()) else None
