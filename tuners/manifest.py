@@ -8,24 +8,17 @@ every file it lists is there with its size and hash.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from serving.engine import sha256_file
 
 CHECKPOINT_META = "emt_checkpoint.json"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_meta(ckpt: Path, meta: dict) -> None:
     """`meta` plus the manifest of every file already in `ckpt`: call it after the last file is written."""
-    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(ckpt.rglob("*")) if p.is_file()}
     (ckpt / CHECKPOINT_META).write_text(json.dumps({**meta, "files": files}, indent=2, default=str))
 
@@ -42,4 +35,4 @@ def complete_meta(ckpt: Path) -> dict | None:
     paths = {ckpt / name: entry for name, entry in files.items()}
     if any(not p.is_file() or p.stat().st_size != e["size"] for p, e in paths.items()):
         return None  # cheap check first: hashing waits until every size is right
-    return meta if all(sha256(p) == e["sha256"] for p, e in paths.items()) else None
+    return meta if all(sha256_file(p) == e["sha256"] for p, e in paths.items()) else None
