@@ -13,8 +13,11 @@ from serving.errors import EMTError
 
 METHODS = ("base", "linear", "lora")
 OBJECTIVES = ("gain", "forgetting", "tradeoff")
+# val_gain / val_forgetting: the checkpoint's in-trial validation (held-out training rows), which chooses the best
+# run, so that no choice is made on the split the matrix reports.
 ROW_SCHEMA = pa.schema([("model", pa.string()), ("method", pa.string()), ("train_dataset", pa.string()),
-                        ("epoch", pa.int64()), ("trial_id", pa.string())])
+                        ("epoch", pa.int64()), ("trial_id", pa.string()), ("val_gain", pa.float64()),
+                        ("val_forgetting", pa.float64())])
 ROW_FIELDS = tuple(ROW_SCHEMA.names)
 
 NOTATION = ("R[i][j] = accuracy on dataset j of row i, b_j = the base model's, t_i = the dataset row i was tuned on; "
@@ -148,10 +151,17 @@ def objective_score(gain: float | None, mean_forgetting: float | None, objective
     return gain - weight * mean_forgetting
 
 
+def chosen_on_validation(metrics_table: pa.Table) -> bool:
+    """Rows carry their in-trial validation (tuning runs do): the best run is chosen on it, not on the matrix."""
+    return any(v is not None for v in metrics_table.column("val_gain").to_pylist())
+
+
 def best_trials(metrics_table: pa.Table, objective: str, weight: float = 1.0) -> pa.Table:
-    """Candidate rows ranked best first with their `score` (gain, -mean forgetting, or gain - weight * F)."""
+    """Candidate rows ranked best first with their `score` (gain, -mean forgetting, or gain - weight * F), scored
+    on the rows' validation when they have one (see chosen_on_validation), else on the matrix's own numbers."""
     rows = metrics_table.to_pylist()
-    scored = [(objective_score(r["gain"], r["mean_forgetting"], objective, weight), i) for i, r in enumerate(rows)]
+    gain, forgetting = ("val_gain", "val_forgetting") if chosen_on_validation(metrics_table) else ("gain", "mean_forgetting")
+    scored = [(objective_score(r[gain], r[forgetting], objective, weight), i) for i, r in enumerate(rows)]
     ranked = sorted(((s, i) for s, i in scored if s is not None), key=lambda si: (-si[0], rows[si[1]]["model"]))
     table = metrics_table.take(pa.array([i for _, i in ranked], pa.int64()))
     return table.append_column("score", pa.array([s for s, _ in ranked], pa.float64()))

@@ -9,7 +9,7 @@ from html import escape
 
 import pyarrow as pa
 
-from evaluators.forgetting import FORMULAS, NOTATION, OBJECTIVES, Grid, best_trials
+from evaluators.forgetting import FORMULAS, NOTATION, OBJECTIVES, Grid, best_trials, chosen_on_validation
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -46,7 +46,8 @@ def hyperparameters(row: dict) -> str:
 
 def best_table(metrics: pa.Table, weight: float) -> Table:
     """The best checkpoint under each objective (see forgetting.objective_score), or 'none' without a candidate."""
-    headers = ["objective", "best run", "gain", "mean forgetting", "score", "hyperparameters"]
+    on = "validation" if chosen_on_validation(metrics) else "evaluation split"
+    headers = ["objective", "best run", "gain", "mean forgetting", f"score (on {on})", "hyperparameters"]
     rows = []
     for objective in OBJECTIVES:
         ranked = best_trials(metrics, objective, weight).to_pylist()

@@ -84,7 +84,7 @@ def test_collect_long_form(run):
     table = collect(run)
     assert table.num_rows == len(ROWS) * len(DATASETS)
     assert table.column_names == [
-        "model", "method", "train_dataset", "epoch", "trial_id", "hp_epochs", "hp_lora_r", "hp_lr", "eval_dataset",
+        "model", "method", "train_dataset", "epoch", "trial_id", "val_gain", "val_forgetting", "hp_epochs", "hp_lora_r", "hp_lr", "eval_dataset",
         "accuracy", "ci_low", "ci_high", "n", "correct", "wrong", "intrinsic_hallucination",
         "extrinsic_hallucination", "errors", "judge_failed"]
     rows = table.to_pylist()
@@ -124,6 +124,29 @@ def test_best_trials(run, objective, weight, best, score):
     ranked = best_trials(metrics(collect(run)), objective, weight).to_pylist()
     assert ranked[0]["model"] == best and ranked[0]["score"] == pytest.approx(score)
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+
+
+def test_rows_with_validation_are_chosen_on_it_not_on_the_matrix(tmp_path):
+    """A tuning run's rows carry their in-trial validation: the best run is the validation's best, even where the
+    evaluation split (the matrix) ranks another first, and the report says which split chose it."""
+    run_dir = write_run(tmp_path)
+    validation = {"t1-e1": (0.10, 0.00), "t1-e2": (0.20, 0.10), "t2-e1": (0.50, 0.05), "t2-e2": (0.30, 0.30)}
+    for row_id, (gain, forgetting) in validation.items():
+        row_file = run_dir / "evals" / row_id / "row.json"
+        row_file.write_text(json.dumps({**json.loads(row_file.read_text()), "val_gain": gain,
+                                        "val_forgetting": forgetting}))
+    m = metrics(collect(run_dir))
+    ranked = best_trials(m, "gain").to_pylist()
+    assert ranked[0]["model"] == "t2-e1" and ranked[0]["score"] == pytest.approx(0.50)  # the matrix's: t2-e2
+    assert ranked[0]["gain"] == pytest.approx(0.45), "the table still shows the evaluation split's gain"
+    assert best_trials(m, "tradeoff").to_pylist()[0]["model"] == "t2-e1"  # .45 on validation; the matrix: t1-e2
+    html_text = write_report(run_dir)["report.html"].read_text()
+    assert "chose the best run: each checkpoint's in-trial validation" in html_text
+    assert "score (on validation)" in (run_dir / "matrix.md").read_text()
+
+
+def test_report_without_validation_says_the_matrix_chose(report):
+    assert "as every table here: these rows carry no in-trial validation" in report["report.html"].read_text()
 
 
 def test_forgetting_objective_needs_a_gain(run):

@@ -136,7 +136,10 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
                                      for r in results), "Tune searches on the forgetting objective"
     report = (out / "report.html").read_text()
     assert all(name in report for name in ("best run", "gain", "mean forgetting")), "the report names the best runs"
-    assert "Split that chose the best run: the evaluation split of the matrix (colors: test, digits: test)" in report
+    assert "Split that chose the best run: each checkpoint's in-trial validation" in report
+    assert "are on the evaluation split (colors: test, digits: test)" in report
+    tuned = [r for r in matrix if r["method"] != "base"]
+    assert all(r["val_forgetting"] is not None for r in tuned), "every checkpoint row carries its validation"
 
     parts = part_files(out)
     assert main(["tune", "--config", str(config), "--resume"]) == 0

@@ -41,10 +41,12 @@ class Row:
     trial_id: str | None = None
     hyperparameters: dict = dataclasses.field(default_factory=dict)
     checkpoint: str | None = None
+    validation: dict = dataclasses.field(default_factory=dict)  # val_gain, val_forgetting: what selects the best
 
     def record(self) -> dict:
         return {"model": self.row_id, "method": self.method, "train_dataset": self.train_dataset, "epoch": self.epoch,
-                "trial_id": self.trial_id, "hyperparameters": self.hyperparameters, "checkpoint": self.checkpoint}
+                "trial_id": self.trial_id, "hyperparameters": self.hyperparameters, "checkpoint": self.checkpoint,
+                **{k: self.validation.get(k) for k in ("val_gain", "val_forgetting")}}
 
 
 def checkpoint_rows(train_dir: Path, verified: dict[Path, dict] | None = None) -> list[Row]:
@@ -63,7 +65,7 @@ def checkpoint_rows(train_dir: Path, verified: dict[Path, dict] | None = None) -
             row_id=f"{meta['method']}-{meta['train_dataset']}-{meta['trial']}-e{meta['epoch']}-{ckpt.name}",
             served_name=str(ckpt.relative_to(train_dir)), method=meta["method"],
             train_dataset=meta["train_dataset"], epoch=int(meta["epoch"]), trial_id=meta["trial"],
-            hyperparameters=meta["hyperparameters"], checkpoint=str(ckpt),
+            hyperparameters=meta["hyperparameters"], checkpoint=str(ckpt), validation=meta.get("validation") or {},
         ))
     return rows
 

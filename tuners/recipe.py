@@ -56,7 +56,8 @@ def epoch_batches(shard, config: dict, epoch: int, rows: int):
                               local_shuffle_buffer_size=max(rows, 1), local_shuffle_seed=seed)
 
 
-def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path, base_val: dict) -> None:
+def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path, base_val: dict,
+                    validation: dict) -> None:
     """Trained weights in the format the server loads (adapter or projector), plus resumable state; the meta and
     manifest last, so the scanner can tell the copy Ray makes of this directory is complete (tuners.manifest)."""
     net = unwrap(model)
@@ -68,7 +69,8 @@ def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: 
     torch.save({"epoch": epoch, "weights": trainable_state(net), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "base_val": base_val}, out / STATE_FILE)
     write_meta(out, {**extra, "trial": ray.train.get_context().get_experiment_name(), "base_model": config["model"],
-                     "hyperparameters": {k: config[k] for k in SEARCHABLE if k in config}})
+                     "hyperparameters": {k: config[k] for k in SEARCHABLE if k in config},
+                     "validation": validation})
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -138,7 +140,8 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp), base_val)
+                validation = {k: v for k, v in metrics.items() if k in ("val_gain", "val_forgetting")}
+                save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp), base_val, validation)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
         crash_after = os.environ.get(CRASH_ENV)
