@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from evaluators.config import BaselineConfig
 from evaluators.datasets import get_spec
-from evaluators.pipeline import decode_images, gpus_per_replica, prepare
+from evaluators.pipeline import decode_images, finished_keys, gpus_per_replica, prepare
 from evaluators.prompts import clip_prompt
 from evaluators.results import ResultStore
 from evaluators.summary import write_summary
@@ -93,7 +93,7 @@ def clip_baseline(cfg: BaselineConfig, *, progress: bool = True) -> dict:
     fingerprint = model_fingerprint(cfg.clip.name, cfg.clip.revision)
     identity = {"task": "clip zero-shot", "model": cfg.clip.name, "model_fingerprint": fingerprint}
     store = ResultStore(cfg.out, identity)
-    work = prepare(cfg.datasets, fingerprint, NO_SAMPLING, store.done_keys(),
+    work = prepare(cfg.datasets, fingerprint, NO_SAMPLING, finished_keys(store),
                    prompt_for=lambda spec: clip_prompt(spec.kind, "{class}"))
     todo = pa.concat_tables([w.todo for w in work])
     wanted = [k for w in work for k in w.keys]

@@ -90,10 +90,6 @@ class ResultStore:
             return table
         return table.take(sorted(last.values()))
 
-    def done_keys(self) -> set[str]:
-        files = self.part_files()
-        return {k for f in files for k in pq.read_table(f, columns=["key"]).column("key").to_pylist()}
-
     def rows(self, keys: list[str]) -> pa.Table:
         """The stored rows of `keys` (this run's samples), sorted for reading."""
         table = self.read_all()

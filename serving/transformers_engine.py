@@ -303,10 +303,9 @@ class TransformersEngine(Engine):
                           finish_reason=finish)
 
     def _decode(self, ids: list[int]) -> str:
-        """Token ids to text, pad ids dropped, holding the processor lock."""
-        tok = self.processor.tokenizer
+        """Token ids to text, holding the processor lock."""
         with self._processor_lock:
-            return tok.decode([t for t in ids if t != tok.pad_token_id], skip_special_tokens=True)
+            return self.processor.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 class _Row:

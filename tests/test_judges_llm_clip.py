@@ -7,8 +7,6 @@ import json
 import re
 import socket
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,12 +20,13 @@ from evaluators.judges import CATEGORIES, JUDGE_FAILED, build_judge
 from evaluators.judges.llm import PROMPT, parse_reply
 from evaluators.summary import accuracy, agreement
 from serving.errors import EMTError
+from loopback_chat import LoopbackChatServer, completion
 
 CIFAR = classnames.CIFAR10
 CAT, DOG, AIRPLANE = CIFAR.index("cat"), CIFAR.index("dog"), CIFAR.index("airplane")
 
 
-class ChatServer:
+class ChatServer(LoopbackChatServer):
     """A real OpenAI-compatible endpoint on loopback: answers 'Yes.' when the label occurs in the prediction,
     else 'No.'; 'Maybe.' (junk) for predictions containing JUNK, or whose hash is 0 mod 4 when `junk_mod4`.
     The first `fail_first` calls get HTTP 500; an unknown model gets 404. Every call is recorded."""
@@ -35,10 +34,7 @@ class ChatServer:
     def __init__(self, fail_first: int = 0, junk_mod4: bool = False) -> None:
         self.calls: list[dict] = []
         self.fail_first, self.junk_mod4 = fail_first, junk_mod4
-        self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__()
 
     def reply(self, prompt: str) -> str:
         label, prediction = re.fullmatch(r".*Label: (.*); Prediction: (.*)\.", prompt, re.S).groups()
@@ -46,40 +42,15 @@ class ChatServer:
             return "Maybe."
         return "Yes." if label.lower() in prediction.lower() else "No."
 
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.calls.append(body)
-                    failing = len(server.calls) <= server.fail_first
-                if failing or body["model"] != "judge-model":
-                    status, payload = (500, {"error": {"message": "boom"}}) if failing else (
-                        404, {"error": {"message": f"model {body['model']} not found"}})
-                else:
-                    content = server.reply(body["messages"][0]["content"])
-                    status, payload = 200, {
-                        "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": content}}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.calls.append(body)
+            failing = len(self.calls) <= self.fail_first
+        if failing:
+            return 500, {"error": {"message": "boom"}}
+        if body["model"] != "judge-model":
+            return 404, {"error": {"message": f"model {body['model']} not found"}}
+        return 200, completion(body["model"], self.reply(body["messages"][0]["content"]))
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,66 +13,36 @@ from PIL import Image
 from cluster.cli import main
 from evaluators.datasets import load_split
 from serving.remote_engines import image_data_uri
+from loopback_chat import LoopbackChatServer, completion
 
 MODEL = "remote-model"
 ANSWER = "a circle"
 
 
-class ChatEndpoint:
-    """An OpenAI-compatible server: GET /v1/models lists MODEL; a chat request gets ANSWER, unless its image is in
-    `refuse` (image URL -> (status, message)), or `drop` is set (the connection closes with no answer). The image of
-    every chat request is recorded."""
+class ChatEndpoint(LoopbackChatServer):
+    """GET /v1/models lists MODEL; a chat request gets ANSWER, unless its image is in `refuse` (image URL ->
+    (status, message)), or `drop` is set (the connection closes with no answer). The image of every chat request
+    is recorded."""
 
     def __init__(self) -> None:
         self.refuse: dict[str, tuple[int, str]] = {}
         self.drop = False
         self.asked: list[str] = []
-        self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__()
 
-    def _handler(self):
-        endpoint = self
+    def models(self) -> list[str]:
+        return [MODEL]
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._reply(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                image = body["messages"][0]["content"][0]["image_url"]["url"]
-                with endpoint.lock:
-                    endpoint.asked.append(image)
-                if endpoint.drop:
-                    self.close_connection = True
-                    return
-                if image in endpoint.refuse:
-                    status, message = endpoint.refuse[image]
-                    self._reply(status, {"error": {"message": message, "type": "invalid_request_error"}})
-                    return
-                self._reply(200, {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL,
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": ANSWER}}],
-                                  "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
-
-            def _reply(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("retry-after-ms", "1")  # the client's retries of a 429 or 5xx wait 1 ms
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, body: dict) -> tuple[int, dict] | None:
+        image = body["messages"][0]["content"][0]["image_url"]["url"]
+        with self.lock:
+            self.asked.append(image)
+        if self.drop:
+            return None
+        if image in self.refuse:
+            status, message = self.refuse[image]
+            return status, {"error": {"message": message, "type": "invalid_request_error"}}
+        return 200, completion(MODEL, ANSWER, prompt_tokens=5, completion_tokens=2)
 
 
 @pytest.fixture
