@@ -3,6 +3,7 @@
 Input (written by the tuning run):
   DIR/evals/<row_id>/row.json                  what the row is: method, tuned dataset, epoch, trial, hyperparameters
   DIR/evals/<row_id>/<eval_dataset>/summary.json  an `emt eval` summary of that one dataset
+  DIR/baseline/summary.json                    optional: the CLIP zero-shot baseline (`emt baseline`'s summary)
 Output: matrix.parquet and matrix.csv (long form, one row per checkpoint x eval dataset), metrics.csv and
 matrix.md. Everything comes from the stored files and is sorted by content, so a rebuild gives identical files.
 """
@@ -18,9 +19,11 @@ import pyarrow.csv as pacsv
 from evaluators.forgetting import METHODS, ROW_FIELDS, ROW_SCHEMA, grid, metrics, row_sort_key
 from evaluators.judges import CATEGORIES, JUDGE_FAILED
 from evaluators.results import atomic_write_parquet, atomic_write_text
-from evaluators.tables import best_table, formulas_markdown, markdown, matrix_table, metrics_table
+from evaluators.tables import (best_table, formulas_markdown, markdown, matrix_table, metrics_table, vision_note,
+                               vision_table)
 from serving.errors import EMTError
 
+BASELINE_DIR = "baseline"
 RESULT_SCHEMA = pa.schema([("eval_dataset", pa.string()), ("accuracy", pa.float64()), ("ci_low", pa.float64()),
                            ("ci_high", pa.float64()), ("n", pa.int64()), ("correct", pa.int64()),
                            *((c, pa.int64()) for c in CATEGORIES if c != "correct"), ("errors", pa.int64())])
@@ -48,17 +51,19 @@ def read_row(row_dir: Path) -> dict:
     return row
 
 
-def read_result(path: Path) -> dict:
-    """One cell: the accuracy, its Wilson interval and category counts of one eval dataset."""
-    name = path.parent.name
-    d = _read_json(path).get("datasets", {}).get(name)
-    if d is None:
-        raise EMTError(f"{path} has no results for dataset {name!r}, the directory it lies in")
+def read_result(name: str, d: dict) -> dict:
+    """One cell: the accuracy, its Wilson interval and category counts of eval dataset `name`."""
     cats = d.get("categories", {})
     undecided = {JUDGE_FAILED: d[JUDGE_FAILED]} if JUDGE_FAILED in d else {}  # summaries of model judges have it
     return {"eval_dataset": name, "accuracy": d["accuracy"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1],
             "n": d["n"], "correct": d["correct"], **{c: cats.get(c) for c in CATEGORIES if c != "correct"},
             "errors": d["errors"], **undecided}
+
+
+def read_vision_baseline(run_dir: str | Path) -> dict | None:
+    """The CLIP zero-shot summary of DIR/baseline/, or None where the run has none (yet)."""
+    path = Path(run_dir) / BASELINE_DIR / "summary.json"
+    return _read_json(path) if path.is_file() else None
 
 
 def _column(values: list) -> pa.Array:
@@ -82,11 +87,12 @@ def collect(run_dir: str | Path) -> pa.Table:
     for row_dir in sorted(p for p in evals.glob("*") if (p / "row.json").is_file()):
         row = read_row(row_dir)
         hps = {f"hp_{k}": v for k, v in (row.get("hyperparameters") or {}).items()}
-        for path in sorted(row_dir.glob("*/summary.json")):
-            records.append({**{k: row.get(k) for k in ROW_FIELDS}, "hp": hps, **read_result(path)})
+        path = row_dir / "summary.json"
+        for name, result in (_read_json(path).get("datasets", {}) if path.is_file() else {}).items():
+            records.append({**{k: row.get(k) for k in ROW_FIELDS}, "hp": hps, **read_result(name, result)})
     if not records:
         raise EMTError(f"no evaluation results under {evals}: expected evals/<row>/row.json and "
-                       "evals/<row>/<eval_dataset>/summary.json, as a tuning run writes them")
+                       "evals/<row>/summary.json, as a tuning run writes them")
     records.sort(key=lambda r: (row_sort_key(r), r["eval_dataset"]))
     hp_names = sorted({k for r in records for k in r["hp"]})
     extra = [JUDGE_FAILED] if any(JUDGE_FAILED in r for r in records) else []
@@ -103,8 +109,12 @@ def csv_text(table: pa.Table) -> str:
     return buf.getvalue().decode()
 
 
-def render_markdown(name: str, table: pa.Table, metrics_tbl: pa.Table, weight: float) -> str:
+def render_markdown(name: str, table: pa.Table, metrics_tbl: pa.Table, weight: float,
+                    clip: dict | None = None) -> str:
+    """matrix.md; `clip`, a CLIP zero-shot summary, adds the vision-encoder reference under the matrix."""
     g = grid(table)
+    vision = [] if clip is None else ["## Vision encoder (CLIP zero-shot)", "", vision_note(clip), "",
+                                      markdown(vision_table(g, clip)), ""]
     return "\n".join([
         f"# Forgetting matrix: {name}",
         "",
@@ -113,6 +123,7 @@ def render_markdown(name: str, table: pa.Table, metrics_tbl: pa.Table, weight: f
         "",
         markdown(matrix_table(g)),
         "",
+        *vision,
         "## Forgetting metrics (percentage points)",
         "",
         markdown(metrics_table(metrics_tbl, g.datasets)),
@@ -133,7 +144,8 @@ def write_tables(run_dir: Path, table: pa.Table, weight: float) -> dict[str, Pat
     atomic_write_parquet(table, paths["matrix.parquet"])
     atomic_write_text(csv_text(table), paths["matrix.csv"])
     atomic_write_text(csv_text(metrics_tbl), paths["metrics.csv"])
-    atomic_write_text(render_markdown(run_dir.resolve().name, table, metrics_tbl, weight), paths["matrix.md"])
+    atomic_write_text(render_markdown(run_dir.resolve().name, table, metrics_tbl, weight,
+                                      read_vision_baseline(run_dir)), paths["matrix.md"])
     return paths
 
 

@@ -56,3 +56,14 @@ def clip_prompt(kind: str, class_name: str) -> str:
     if check_kind(kind) == "number":
         return f'a photo of the number: "{name}".'
     return f"a photo of a {name}."
+
+
+def corpus(specs) -> list[str]:
+    """Every prompt, answer and CLIP caption of these datasets: what a locally trained tokenizer must cover."""
+    texts = []
+    for spec in specs:
+        texts.append(eval_prompt(spec.kind, spec.classes, sort=spec.sort_prompt_labels))
+        texts.append(train_prompt(spec.kind))
+        texts.extend(train_answer(spec.kind, c) for c in spec.classes)
+        texts.extend(clip_prompt(spec.kind, c) for c in spec.classes)
+    return texts

@@ -14,9 +14,10 @@ import pyarrow as pa
 from evaluators import plots
 from evaluators.forgetting import (Grid, best_trials, chosen_on_validation, grid, metrics, objective_score,
                                    pareto_front)
-from evaluators.matrix import collect, write_tables
+from evaluators.matrix import collect, read_vision_baseline, write_tables
 from evaluators.results import atomic_write_bytes, atomic_write_text
-from evaluators.tables import best_table, formulas_html, html, matrix_table, metrics_table, objective_name
+from evaluators.tables import (best_table, formulas_html, html, matrix_table, metrics_table, objective_name,
+                               vision_note, vision_table)
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -54,7 +55,7 @@ def highlighted_trials(metrics_tbl: pa.Table, objective: str, weight: float) -> 
 def evaluation_splits(run_dir: Path) -> str:
     """'digits: test, colors: test': the split each dataset's cells, and so the best run, were measured on."""
     splits: dict[str, str] = {}
-    for path in sorted(run_dir.glob("evals/*/*/summary.json")):
+    for path in sorted(run_dir.glob("evals/*/summary.json")):
         for ds in json.loads(path.read_text()).get("config", {}).get("datasets", []):
             splits.setdefault(ds["name"], ds.get("split", "test"))
     return ", ".join(f"{n}: {s}" for n, s in sorted(splits.items())) or "as stored in the evaluations"
@@ -71,8 +72,16 @@ def selection_note(metrics_tbl: pa.Table, splits: str) -> str:
             "here: these rows carry no in-trial validation, so treat the choice as optimistic.")
 
 
+def vision_html(g: Grid, clip: dict | None) -> str:
+    """The CLIP zero-shot section, only for a run that has its baseline."""
+    if clip is None:
+        return ""
+    return (f"<h2>Vision encoder (CLIP zero-shot)</h2>\n<p>{escape(vision_note(clip))}</p>\n"
+            f"{html(vision_table(g, clip))}\n")
+
+
 def render_html(name: str, g: Grid, metrics_tbl: pa.Table, pngs: dict[str, bytes], objective: str,
-                weight: float, splits: str) -> str:
+                weight: float, splits: str, clip: dict | None = None) -> str:
     ranked = best_trials(metrics_tbl, objective, weight).to_pylist()
     chosen = escape(ranked[0]["label"]) if ranked else "none (no candidate row)"
     labels = {r["model"]: r["label"] for r in metrics_tbl.to_pylist()}
@@ -90,7 +99,7 @@ def render_html(name: str, g: Grid, metrics_tbl: pa.Table, pngs: dict[str, bytes
 <h2>Forgetting matrix (accuracy %)</h2>
 {html(matrix_table(g))}
 {_img(pngs["heatmap.png"], "heatmap of the forgetting matrix")}
-<h2>Forgetting metrics (pp)</h2>
+{vision_html(g, clip)}<h2>Forgetting metrics (pp)</h2>
 {html(metrics_table(metrics_tbl, g.datasets))}
 {formulas_html()}
 <h2>Accuracy per epoch</h2>
@@ -117,6 +126,7 @@ def write_report(run_dir: str | Path, objective: str = "tradeoff", weight: float
         paths[name] = run_dir / name
         atomic_write_bytes(png, paths[name])
     paths["report.html"] = run_dir / "report.html"
-    html_text = render_html(run_dir.resolve().name, g, metrics_tbl, pngs, objective, weight, evaluation_splits(run_dir))
+    html_text = render_html(run_dir.resolve().name, g, metrics_tbl, pngs, objective, weight, evaluation_splits(run_dir),
+                            read_vision_baseline(run_dir))
     atomic_write_text(html_text, paths["report.html"])
     return paths

@@ -28,6 +28,20 @@ def matrix_table(g: Grid) -> Table:
     return ["run", *g.datasets], rows
 
 
+def vision_note(clip: dict) -> str:
+    return (f"Zero-shot accuracy of the CLIP model {clip['model']} (the paper's reference for the MLLM's vision "
+            "encoder) on the same evaluation images, beside the base MLLM's (the matrix's base row).")
+
+
+def vision_table(g: Grid, clip: dict) -> Table:
+    """Per eval dataset, CLIP zero-shot accuracy % (an `emt baseline` summary) against the base row's."""
+    rows = []
+    for j in g.datasets:
+        c, b = (clip["datasets"].get(j) or {}).get("accuracy"), g.base.get(j)
+        rows.append([j, pct(c), pct(b), pp(None if c is None or b is None else b - c)])
+    return ["dataset", "CLIP zero-shot (%)", "base MLLM (%)", "base - CLIP (pp)"], rows
+
+
 def metrics_table(metrics: pa.Table, datasets: list[str]) -> Table:
     headers = ["run", "gain", *(f"drop {j}" for j in datasets), "mean forgetting", "Chaudhry forgetting", "BWT"]
     keys = ["gain", *(f"drop_{j}" for j in datasets), "mean_forgetting", "chaudhry_forgetting", "bwt"]

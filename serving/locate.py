@@ -30,7 +30,11 @@ def _looks_like_path(model: str) -> bool:
 
 
 def _fix(model: str, what: str) -> str:
-    tiny = f"make a tiny test model with `emt tiny-model {model}`, " if what == "model" else ""
+    base = Path(model).parent
+    if Path(model).name in ("mllm", "clip"):  # `emt pretrain`'s layout: DIR/mllm and DIR/clip
+        tiny = f"train the offline world's base with `emt pretrain --out {base}`, "
+    else:
+        tiny = f"make a tiny random test model with `emt tiny-model {model}`, " if what == "model" else ""
     return (f"If '{model}' is meant to be a local directory, check the path or create it ({tiny}or `save_pretrained` "
             f"into it); if it is a hub id (like 'llava-hf/llava-1.5-7b-hf'), check the spelling, the network, "
             f"HF_TOKEN for gated models, or download it once where the hub is reachable (HF cache: ~/.cache/huggingface)")

@@ -11,9 +11,51 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers.processors import TemplateProcessing
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, PreTrainedTokenizerFast
 
 from serving.tiny_model import mark_tiny, start_tiny, tiny_image_processor, tiny_vision_config
+
+
+def clip_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """CLIP pools the text at its end-of-text token (found by id; the id 2 means a legacy rule, so CLIP's own
+    tokens are added) and masks causally: wrap every text in start/end tokens and pad on the right."""
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos})
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def tiny_clip(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    layers: int = 2,
+    text_layers: int | None = None,
+) -> tuple[CLIPModel, CLIPProcessor]:
+    """A randomly initialised tiny CLIP and its processor, in memory (seed torch first for the same weights)."""
+    tokenizer = clip_tokenizer(tokenizer)
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=text_layers or layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = tiny_vision_config(image_size, patch_size, hidden_size, layers)
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden_size)
+    return CLIPModel(config).eval(), CLIPProcessor(image_processor=tiny_image_processor(image_size), tokenizer=tokenizer)
 
 
 def build_tiny_clip(
@@ -27,33 +69,11 @@ def build_tiny_clip(
     vocab_size: int = 2048,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny CLIP model directory (config, safetensors, tokenizer, processor) and return its path."""
+    """Write a tiny random CLIP model directory (config, safetensors, tokenizer, processor) and return its path."""
     out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
-    # CLIP pools the text at its end-of-text token (found by id; the id 2 means a legacy rule, so CLIP's own
-    # tokens are added) and masks causally: wrap every text in start/end tokens and pad on the right.
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos})
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{bos} $A {eos}",
-        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
-    )
-    tokenizer.padding_side = "right"
-    tokenizer.model_max_length = 77
-    text = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=hidden_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = tiny_vision_config(image_size, patch_size, hidden_size, layers)
-    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden_size)
-    CLIPModel(config).eval().save_pretrained(out)
-    CLIPProcessor(image_processor=tiny_image_processor(image_size), tokenizer=tokenizer).save_pretrained(out)
+    model, processor = tiny_clip(tokenizer, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                                 layers=layers)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
     mark_tiny(out, "random weights: embeddings are meaningless by design", seed)
     return out

@@ -83,20 +83,22 @@ def mark_tiny(out: Path, note: str, seed: int) -> None:
     (out / "EMT_TINY_MODEL.json").write_text(json.dumps({"note": note, "seed": seed}, indent=2))
 
 
-def build_tiny_llava(
-    out_dir: str | Path,
-    corpus: Iterable[str] = (),
+def tiny_llava(
+    tokenizer: PreTrainedTokenizerFast,
     *,
     image_size: int = 32,
     patch_size: int = 8,
     hidden_size: int = 64,
     layers: int = 2,
-    vocab_size: int = 2048,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny LLaVA model directory (config, safetensors, tokenizer, processor) and return its path."""
-    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
-    vision = tiny_vision_config(image_size, patch_size, hidden_size, layers)
+    vision_layers: int | None = None,
+    vision_feature_layer: int = -1,
+    vision_feature_select_strategy: str = "default",
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A randomly initialised tiny LLaVA and its processor, in memory (seed torch first for the same weights).
+
+    `vision_feature_layer=-2` is LLaVA-1.5's choice: the patch features feeding the tower's last layer, the ones a
+    contrastively trained tower has shaped (its last layer only pools into CLS)."""
+    vision = tiny_vision_config(image_size, patch_size, hidden_size, vision_layers or layers)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -116,24 +118,41 @@ def build_tiny_llava(
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=n_patches,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        vision_feature_layer=vision_feature_layer,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(out)
-    image_processor = tiny_image_processor(image_size)
     processor = LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=tiny_image_processor(image_size),
         tokenizer=tokenizer,
         patch_size=patch_size,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=vision_feature_select_strategy,
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
+    return model, processor
+
+
+def build_tiny_llava(
+    out_dir: str | Path,
+    corpus: Iterable[str] = (),
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    layers: int = 2,
+    vocab_size: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random LLaVA model directory (config, safetensors, tokenizer, processor) and return its path."""
+    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
+    model, processor = tiny_llava(tokenizer, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                                  layers=layers)
+    model.save_pretrained(out)
     processor.save_pretrained(out)
     mark_tiny(out, "random weights: answers are junk by design", seed)
     return out

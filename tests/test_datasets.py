@@ -16,6 +16,7 @@ from PIL import Image
 
 from evaluators.datasets import SCHEMA, describe, get_spec, load_split
 from evaluators.datasets.sampling import stratified_indices
+from evaluators.prompts import eval_prompt
 from serving.errors import EMTError, UnknownNameError
 
 CIFAR10 = get_spec("cifar10").classes
@@ -226,7 +227,7 @@ def test_limit_on_a_loaded_split_keeps_ids_unique_and_sorted() -> None:
     table = load_split("shapes", "train", limit=100, seed=7)
     ids = table.column("sample_id").to_pylist()
     assert len(ids) == len(set(ids)) == 100 and ids == sorted(ids)
-    assert set(Counter(table.column("label").to_pylist()).values()) <= {12, 13}
+    assert set(Counter(table.column("label").to_pylist()).values()) == {10}  # 10 classes, stratified
     assert set(ids) <= set(load_split("shapes", "train", limit=300, seed=7).column("sample_id").to_pylist())
 
 
@@ -263,6 +264,24 @@ def test_shapes_are_deterministic_rgb_pngs() -> None:
     assert train.column("image")[0].as_py() != test.column("image")[0].as_py()
 
 
+def test_the_offline_world_has_the_papers_shape() -> None:
+    """digits ~ MNIST (number prompt), shapes ~ CIFAR-10 (10 objects), colored_shapes ~ CIFAR-100 (100 objects,
+    a long label list): every class a name the prompt can list, fixed splits, the same bytes on every call."""
+    assert get_spec("digits").kind == "number" and len(get_spec("shapes").classes) == 10
+    fine = get_spec("colored_shapes")
+    assert len(fine.classes) == 100 and len(set(fine.classes)) == 100 and fine.kind == "object"
+    assert {c.split(" ")[0] for c in fine.classes} == set(get_spec("colors").classes)
+    assert {c.split(" ")[1] for c in fine.classes} == set(get_spec("shapes").classes)
+    assert eval_prompt(fine.kind, fine.classes).count(",") == 99
+    test = load_split("colored_shapes", "test")
+    assert test.num_rows == 600 and set(Counter(test.column("label").to_pylist()).values()) == {6}
+    assert load_split("colored_shapes", "test", limit=50, seed=1).equals(load_split("colored_shapes", "test", limit=50, seed=1))
+    train_ids = set(load_split("colored_shapes", "train").column("image").to_pylist())
+    assert not train_ids & set(test.column("image").to_pylist()), "no test image is a training image"
+    image = Image.open(io.BytesIO(test.column("image")[0].as_py()))
+    assert image.mode == "RGB" and image.size == (32, 32)
+
+
 # --- names and the registry ----------------------------------------------------------------------------------
 
 
@@ -283,7 +302,7 @@ def test_unknown_split_lists_the_valid_ones() -> None:
 
 def test_describe_lists_every_dataset() -> None:
     rows = {r["name"]: r for r in describe()}
-    assert set(rows) == {"mnist", "cifar10", "cifar100", "miniimagenet", "digits", "shapes", "colors"}
+    assert set(rows) == {"mnist", "cifar10", "cifar100", "miniimagenet", "digits", "shapes", "colors", "colored_shapes"}
     assert rows["cifar100"]["classes"] == 100 and rows["cifar100"]["source"] == "uoft-cs/cifar100"
     assert rows["mnist"]["kind"] == "number" and rows["shapes"]["kind"] == "object"
     assert all(r["description"] for r in rows.values())

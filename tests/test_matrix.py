@@ -46,6 +46,11 @@ EXPECTED = {
 
 def summary(dataset: str, correct: int, judge_failed: int | None = 0) -> dict:
     """An `emt eval` summary.json of one dataset (judge_failed=None: one written before model judges)."""
+    return {"model": "m", "datasets": {dataset: result(correct, judge_failed)}, "config": {}, "versions": {}}
+
+
+def result(correct: int, judge_failed: int | None = 0) -> dict:
+    """One dataset's entry of a summary.json."""
     wrong = N - correct
     d = {"n": N, "judged": N, "errors": 0, "correct": correct, "accuracy": correct / N,
          "ci95": list(wilson_interval(correct, N)),
@@ -54,7 +59,7 @@ def summary(dataset: str, correct: int, judge_failed: int | None = 0) -> dict:
          "judges": {}, "agreement": {}}
     if judge_failed is not None:
         d["judge_failed"] = judge_failed
-    return {"model": "m", "datasets": {dataset: d}, "config": {}, "versions": {}}
+    return d
 
 
 def write_run(root: Path) -> Path:
@@ -64,9 +69,8 @@ def write_run(root: Path) -> Path:
         (row_dir / "row.json").write_text(json.dumps({
             "model": row_id, "method": method, "train_dataset": train, "epoch": epoch, "trial_id": trial,
             "hyperparameters": hps, "checkpoint": None if method == "base" else f"/ckpt/{row_id}"}))
-        for dataset, c in zip(DATASETS, correct):
-            (row_dir / dataset).mkdir()
-            (row_dir / dataset / "summary.json").write_text(json.dumps(summary(dataset, c)))
+        datasets = {dataset: result(c) for dataset, c in zip(DATASETS, correct)}
+        (row_dir / "summary.json").write_text(json.dumps({"model": row_id, "datasets": datasets, "config": {}}))
     return root
 
 
@@ -207,7 +211,9 @@ def test_report_html_is_self_contained(report):
 
 def test_missing_dataset_is_an_empty_cell(run, tmp_path):
     partial = shutil.copytree(run / "evals", tmp_path / "evals")
-    shutil.rmtree(partial / "t2-e2" / "cifar10")
+    stored = json.loads((partial / "t2-e2" / "summary.json").read_text())
+    del stored["datasets"]["cifar10"]
+    (partial / "t2-e2" / "summary.json").write_text(json.dumps(stored))
     (partial / "t3-e1").mkdir()  # a row still being set up: no row.json yet
     paths = write_report(tmp_path)
     assert "| lora, shapes (epoch 2) |  | 5.00 | 97.00 |" in paths["matrix.md"].read_text()
@@ -226,11 +232,11 @@ def test_run_with_only_the_base_evaluated_so_far(run, tmp_path):
 
 def test_judge_failed_column_only_when_summaries_have_it(run, tmp_path):
     shutil.copytree(run / "evals", tmp_path / "evals")
-    files = sorted((tmp_path / "evals").glob("*/*/summary.json"))
+    files = sorted((tmp_path / "evals").glob("*/summary.json"))
     for f in files:
-        f.write_text(json.dumps(summary(f.parent.name, 50, judge_failed=None)))
+        f.write_text(json.dumps(summary("digits", 50, judge_failed=None)))
     assert "judge_failed" not in collect(tmp_path).column_names
-    files[0].write_text(json.dumps(summary(files[0].parent.name, 50, judge_failed=3)))
+    files[0].write_text(json.dumps(summary("digits", 50, judge_failed=3)))
     assert [v for v in collect(tmp_path).column("judge_failed").to_pylist() if v is not None] == [3]
 
 

@@ -1,5 +1,6 @@
 """`emt tune` on real Ray Tune + Train with the tiny model: checkpoints evaluated through Serve into one matrix,
-a crashing trial retried from its checkpoint, a killed driver resumed without re-evaluating anything."""
+a crashing trial retried from its checkpoint, a killed driver resumed without re-evaluating anything, the CLIP
+zero-shot baseline beside the base."""
 from __future__ import annotations
 
 import json
@@ -23,9 +24,10 @@ from tuners.config import TuneConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def experiment(tmp_path: Path, model: str, **search) -> Path:
+def experiment(tmp_path: Path, model: str, clip: str | None = None, **search) -> Path:
     config = {
         "model": {"name": model},
+        **({"vision_baseline": {"name": clip}} if clip else {}),
         "train": {"limit": 48},
         "eval": {"datasets": [{"name": "digits", "limit": 20}, {"name": "colors", "limit": 20}],
                  "generation": {"max_tokens": 6}, "batch_size": 20},
@@ -58,16 +60,16 @@ def wait_for_file(path: Path, proc: subprocess.Popen) -> None:
 
 
 def evaluated_rows(out: Path) -> set[str]:
-    return {p.parent.parent.name for p in (out / "evals").glob("*/*/summary.json")}
+    return {p.parent.name for p in (out / "evals").glob("*/row.json")}  # written once a row is complete
 
 
-def part_files(out: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime for p in (out / "evals").glob("*/*/parts/*.parquet")}
+def part_files(out: Path, pattern: str = "evals/*/parts/*.parquet") -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in out.glob(pattern)}
 
 
 def answers(out: Path, row: str, dataset: str) -> dict[str, str]:
-    table = pq.read_table(out / "evals" / row / dataset / "samples.parquet", columns=["sample_id", "output"])
-    return dict(zip(table.column("sample_id").to_pylist(), table.column("output").to_pylist()))
+    table = pq.read_table(out / "evals" / row / "samples.parquet", columns=["dataset", "sample_id", "output"])
+    return {r["sample_id"]: r["output"] for r in table.to_pylist() if r["dataset"] == dataset}
 
 
 def test_bad_tune_configs_are_rejected_with_the_key(tmp_path, tiny_model):
@@ -91,8 +93,8 @@ def test_bad_tune_configs_are_rejected_with_the_key(tmp_path, tiny_model):
     assert main(["tune", "--config", str(path), "--resume"]) == 2, "nothing to resume in a new directory"
 
 
-def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tmp_path):
-    config = experiment(tmp_path, tiny_model)
+def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tiny_clip, tmp_path):
+    config = experiment(tmp_path, tiny_model, clip=tiny_clip)
     out = tmp_path / "exp"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["EMT_CRASH_ONCE_AFTER_EPOCH"] = "1"
@@ -107,6 +109,8 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
         kill_tree(driver)
     assert evaluated_rows(out) - {"base"}, "a checkpoint was evaluated while trials were training"
     before = part_files(out)
+    clip_parts = part_files(out, "baseline/parts/*.parquet")
+    assert clip_parts, "the CLIP baseline ran before the trials"
 
     assert main(["tune", "--config", str(config), "--resume"]) == 0
     matrix = pq.read_table(out / "matrix.parquet").to_pylist()
@@ -119,9 +123,9 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in matrix)
     after = part_files(out)
     assert all(after.get(p) == t for p, t in before.items()), "evaluations finished before the kill were kept"
-    for summary in (out / "evals").glob("*/*/summary.json"):
+    for summary in (out / "evals").glob("*/summary.json"):
         keys = pq.read_table(summary.parent / "samples.parquet", columns=["key"]).column("key").to_pylist()
-        assert len(keys) == len(set(keys)) == 20
+        assert len(keys) == len(set(keys)) == 2 * 20, "each sample of each dataset once"
     assert list((out / "train").glob(".crashed-*")), "the injected crash happened"
     for row in rows - {"base"}:  # every row is its own checkpoint, not the base evaluated again
         mine, base = answers(out, row, "digits"), answers(out, "base", "digits")
@@ -138,6 +142,19 @@ def test_tune_crash_kill_and_resume_build_the_matrix(ray_session, tiny_model, tm
     assert all(name in report for name in ("best run", "gain", "mean forgetting")), "the report names the best runs"
     assert "Split that chose the best run: each checkpoint's in-trial validation" in report
     assert "are on the evaluation split (colors: test, digits: test)" in report
+    clip = json.loads((out / "baseline" / "summary.json").read_text())
+    assert clip["model"] == tiny_clip and {d: clip["datasets"][d]["n"] for d in clip["datasets"]} == {
+        "digits": 20, "colors": 20}, "CLIP saw every eval dataset, on the eval's sample"
+    assert part_files(out, "baseline/parts/*.parquet") == clip_parts, "the resumed run reused the CLIP baseline"
+    clip_ids = pq.read_table(out / "baseline" / "samples.parquet", columns=["dataset", "sample_id"]).to_pylist()
+    assert {r["sample_id"] for r in clip_ids if r["dataset"] == "digits"} == answers(out, "base", "digits").keys()
+    base = {r["eval_dataset"]: r["accuracy"] for r in matrix if r["method"] == "base"}
+    for name in ("digits", "colors"):
+        c, b = 100 * clip["datasets"][name]["accuracy"], 100 * base[name]
+        row = f"| {name} | {c:.2f} | {b:.2f} | {b - c:+.2f} |"
+        assert row in (out / "matrix.md").read_text()
+        assert f"<td>{c:.2f}</td><td>{b:.2f}</td><td>{b - c:+.2f}</td>" in report
+    assert "<h2>Vision encoder (CLIP zero-shot)</h2>" in report
     tuned = [r for r in matrix if r["method"] != "base"]
     assert all(r["val_forgetting"] is not None for r in tuned), "every checkpoint row carries its validation"
 

@@ -1,5 +1,6 @@
 """Every checkpoint evaluated on every dataset through one Serve deployment that loads it as an adapter by name
-(the base model stays loaded); each result lands under DIR/evals/<row>/<dataset>/ as soon as it is ready.
+(the base model stays loaded); each row is one evaluation of every dataset (one Ray Data job streaming them all
+through the deployment), under DIR/evals/<row>/ as soon as it is ready.
 
 A background thread scans the trials' storage for complete checkpoints (tuners.manifest) while Tune trains; the
 same scan after training (or after a resumed run) picks up whatever is left. Results are keyed by content
@@ -18,6 +19,7 @@ from ray import serve, tune
 from evaluators.config import ComputeConfig, EvalConfig
 from evaluators.matrix import write_matrix
 from evaluators.pipeline import evaluate
+from evaluators.results import atomic_write_text
 from serving.config import ModelConfig, ServeConfig
 from serving.deploy import run_app
 from serving import terminal
@@ -136,17 +138,17 @@ class CheckpointEvaluator:
         return done
 
     def is_complete(self, row: Row) -> bool:
-        return all((self.out / "evals" / row.row_id / ds.name / "summary.json").exists() for ds in self.cfg.eval.datasets)
+        return (self.out / "evals" / row.row_id / "row.json").exists()
 
     def evaluate_row(self, row: Row) -> None:
+        """The row's evaluation (resumed where it stopped), then its row.json: the mark that it is complete and
+        that the matrix may place it."""
         row_dir = self.out / "evals" / row.row_id
-        row_dir.mkdir(parents=True, exist_ok=True)
-        (row_dir / "row.json").write_text(json.dumps(row.record(), indent=2, default=str))
         model = ModelConfig(name=row.served_name, backend="serve", app=APP)
-        for ds in self.cfg.eval.datasets:
-            evaluate(EvalConfig(model=model, datasets=[ds], generation=self.cfg.eval.generation,
-                                compute=ComputeConfig(replicas=self.cfg.eval.concurrency, batch_size=self.cfg.eval.batch_size),
-                                out=row_dir / ds.name), progress=False)
+        evaluate(EvalConfig(model=model, datasets=self.cfg.eval.datasets, generation=self.cfg.eval.generation,
+                            compute=ComputeConfig(replicas=self.cfg.eval.concurrency, batch_size=self.cfg.eval.batch_size),
+                            out=row_dir), progress=False)
+        atomic_write_text(json.dumps(row.record(), indent=2, default=str), row_dir / "row.json")
         write_matrix(self.out)
         terminal.say(f"evaluated {row.row_id} on {', '.join(d.name for d in self.cfg.eval.datasets)}")
         fault_point("tune.row_evaluated")

@@ -88,6 +88,9 @@ class Logging(StrictModel):
 
 class TuneConfig(StrictModel):
     model: ModelConfig
+    vision_baseline: ModelConfig | None = Field(
+        None, description="CLIP model whose zero-shot accuracy on every eval dataset the report shows beside the "
+        "base MLLM (the paper's vision-encoder reference)")
     train: TrainData = TrainData()
     eval: EvalSettings
     search: Search

@@ -6,6 +6,7 @@ user: <image> What is the object in the image?   assistant: The object is an air
 from __future__ import annotations
 
 import io
+from typing import Sequence
 
 import pyarrow as pa
 import torch
@@ -16,27 +17,39 @@ from evaluators.prompts import train_answer, train_prompt
 IGNORE = -100  # label value torch's cross-entropy skips
 
 
-def collate(batch: pa.Table, processor, classes: tuple[str, ...], kind: str) -> dict[str, torch.Tensor]:
-    """Tokenise a batch (right-padded); labels are -100 everywhere but the assistant's answer and EOS."""
+def decode_images(batch: pa.Table) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(b)).convert("RGB") for b in batch.column("image").to_pylist()]
+
+
+def collate_examples(images: Sequence[Image.Image], questions: Sequence[str | None], answers: Sequence[str],
+                     processor) -> dict[str, torch.Tensor]:
+    """Tokenise (image, question, answer) examples, right-padded; labels are -100 everywhere but each answer and its
+    EOS. A question of None asks nothing: the image alone, as LLaVA's caption-alignment stage does."""
     tok = processor.tokenizer
-    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in batch.column("image").to_pylist()]
-    question = train_prompt(kind)
-    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(user, add_generation_prompt=True)
-    texts, prompt_lens = [], []
-    prompt_len = len(processor(images=[images[0]], text=[prompt], return_tensors="pt")["input_ids"][0])
-    for label in batch.column("label").to_pylist():
-        texts.append(f"{prompt} {train_answer(kind, classes[label])}{tok.eos_token}")
-        prompt_lens.append(prompt_len)
+    prompt_lens: dict[str | None, int] = {}
+    texts = []
+    for image, question, answer in zip(images, questions, answers):
+        content = [{"type": "image"}] + ([{"type": "text", "text": question}] if question else [])
+        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        if question not in prompt_lens:
+            prompt_lens[question] = len(processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"][0])
+        texts.append(f"{prompt} {answer}{tok.eos_token}")
     side = tok.padding_side
     tok.padding_side = "right"
     try:
-        inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+        inputs = processor(images=list(images), text=texts, padding=True, return_tensors="pt")
     finally:
         tok.padding_side = side
     labels = inputs["input_ids"].clone()
     labels[inputs["attention_mask"] == 0] = IGNORE
-    for row, n in enumerate(prompt_lens):
-        labels[row, :n] = IGNORE
+    for row, question in enumerate(questions):
+        labels[row, :prompt_lens[question]] = IGNORE
     inputs["labels"] = labels
     return dict(inputs)
+
+
+def collate(batch: pa.Table, processor, classes: tuple[str, ...], kind: str) -> dict[str, torch.Tensor]:
+    """A batch of one dataset in the paper's training format."""
+    labels = batch.column("label").to_pylist()
+    return collate_examples(decode_images(batch), [train_prompt(kind)] * len(labels),
+                            [train_answer(kind, classes[label]) for label in labels], processor)

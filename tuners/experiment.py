@@ -3,7 +3,8 @@
     DIR/experiment.json     the config this directory belongs to (a different one is refused)
     DIR/tune/trials/        Tune's experiment state (Tuner.restore resumes from it)
     DIR/train/<trial>/      each trial's Ray Train run: per-epoch checkpoints (adapter or projector only)
-    DIR/evals/<row>/<ds>/   one evaluation per (checkpoint, dataset), written as it finishes
+    DIR/evals/<row>/        one evaluation of every dataset per checkpoint (and the base), written as it finishes
+    DIR/baseline/           the CLIP zero-shot baseline on the eval datasets (with vision_baseline), as `emt baseline`
     DIR/matrix.*, report.html, *.png
 """
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from evaluators.matrix import BASELINE_DIR
 from evaluators.results import atomic_write_text
+from serving import terminal
 from serving.errors import EMTError
 from tuners.checkpoint_eval import CheckpointEvaluator, StopOnScannerError
 from tuners.config import TuneConfig, space_values
@@ -91,12 +94,28 @@ def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
     )
 
 
+def run_vision_baseline(cfg: TuneConfig, out: Path) -> None:
+    """CLIP zero-shot on the very images the matrix is measured on; run before the trials, which it would only slow
+    down, and resumed through its result store like `emt baseline`."""
+    from evaluators.baseline import clip_baseline
+    from evaluators.config import BaselineConfig, ComputeConfig
+
+    baseline = out / BASELINE_DIR
+    terminal.say(f"tune: CLIP zero-shot baseline of {cfg.vision_baseline.name} on "
+                 f"{', '.join(d.name for d in cfg.eval.datasets)} into {baseline}")
+    clip_baseline(BaselineConfig(clip=cfg.vision_baseline, datasets=cfg.eval.datasets, out=baseline,
+                                 compute=ComputeConfig(replicas=cfg.eval.concurrency, batch_size=cfg.eval.batch_size)),
+                  progress=False)
+
+
 def run_experiment(cfg: TuneConfig, resume: bool = False) -> Path:
     """Train every trial, evaluate every checkpoint as it lands, and write the matrix and report."""
     from evaluators.report import write_report
 
     out = Path(cfg.out).resolve()
     claim_directory(cfg, out, resume)
+    if cfg.vision_baseline is not None:
+        run_vision_baseline(cfg, out)
     evaluator = CheckpointEvaluator(cfg, out)
     evaluator.start()
     try:

@@ -19,7 +19,7 @@ def run_matrix(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("matrix", help="rebuild the forgetting matrix, metrics and report.html of a tuning run")
-    p.add_argument("dir", help="tuning run directory (holds evals/<row>/row.json and <dataset>/summary.json)")
+    p.add_argument("dir", help="tuning run directory (holds evals/<row>/row.json and summary.json)")
     p.add_argument("--objective", choices=OBJECTIVES, default="tradeoff",
                    help="what 'best' means in the report: gain, forgetting (lowest among rows that gained), "
                         "or tradeoff = gain - weight x mean forgetting (default)")

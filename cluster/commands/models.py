@@ -1,25 +1,23 @@
-"""`emt tiny-model` and `emt demo`: a tiny real LLaVA for tests, and the README's first look."""
+"""`emt tiny-model`, `emt pretrain` and `emt demo`: the tiny models, and the README's first look at a whole study."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-from cluster.commands.evaluate import add_eval_args, run_eval
 from serving import terminal
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "experiments" / "tiny.yaml"
+BASE_DIR = Path("runs/tiny-base")
 
 
 def tiny_model_corpus() -> list[str]:
-    """Every EMT prompt and answer, so the locally trained tokenizer covers the words the model will see."""
+    """Every EMT prompt, answer and caption, so the locally trained tokenizer covers the words the model will see."""
     from evaluators.datasets import DATASETS, get_spec
-    from evaluators.prompts import eval_prompt, train_answer, train_prompt
+    from evaluators.prompts import corpus
 
-    corpus = []
-    for name in DATASETS.names():
-        spec = get_spec(name)
-        corpus.append(eval_prompt(spec.kind, spec.classes))
-        corpus.append(train_prompt(spec.kind))
-        corpus.extend(train_answer(spec.kind, c) for c in spec.classes)
-    return corpus
+    return corpus(map(get_spec, DATASETS.names()))
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
@@ -30,27 +28,48 @@ def run_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def pretrain(out: Path, config_file: str | None = None, seed: int | None = None) -> tuple[Path, Path]:
+    """The trained base (MLLM and its CLIP) in `out`, built or taken from the cache."""
+    from cluster.config import parse_config
+    from tuners.pretrain import PretrainConfig, build
+
+    cfg = parse_config(PretrainConfig, config_file, {} if seed is None else {"seed": seed})
+    started = time.perf_counter()
+    mllm, clip = build(cfg, out)
+    terminal.say(f"pretrain: base MLLM in {mllm}, its CLIP in {clip} ({time.perf_counter() - started:.0f} s)")
+    return mllm, clip
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    pretrain(Path(args.out), args.config, args.seed)
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """The README's first look: a tiny model, the offline datasets, a local Ray."""
-    out = Path(args.out)
-    model_dir = out / "tiny-model"
-    if not (model_dir / "config.json").exists():
-        run_tiny_model(argparse.Namespace(dir=model_dir, seed=0))
-    parser = argparse.ArgumentParser()
-    add_eval_args(parser)
-    eval_args = parser.parse_args(
-        ["--model", str(model_dir), "--dataset", "digits", "--dataset", "shapes",
-         "--limit", str(args.limit), "--max-tokens", "12", "--out", str(out / "eval")])
-    return run_eval(eval_args)
+    """The whole study on the offline world: the trained base, its CLIP baseline, trials, matrix and report."""
+    from cluster.commands.tune import run_tune
+
+    mllm, clip = pretrain(Path(args.base), args.pretrain_config)
+    resume = (Path(args.out) / "experiment.json").exists()  # a second demo finishes or reuses the first one's
+    return run_tune(argparse.Namespace(config=str(args.config), out=args.out, resume=resume),
+                    {"model": {"name": str(mllm)}, "vision_baseline": {"name": str(clip)}})
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tiny-model", help="write a tiny random LLaVA model directory for tests and demos")
+    p = sub.add_parser("tiny-model", help="write a tiny random LLaVA model directory for tests")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_tiny_model)
 
-    p = sub.add_parser("demo", help="tiny model + offline datasets on a local Ray: the first look")
+    p = sub.add_parser("pretrain", help="train the offline world's base MLLM and its CLIP (cached by content)")
+    p.add_argument("--out", default=str(BASE_DIR), help=f"directory for mllm/ and clip/ (default {BASE_DIR})")
+    p.add_argument("--config", help="YAML with PretrainConfig fields (model size, stages, seed)")
+    p.add_argument("--seed", type=int, help="build seed (default 0)")
+    p.set_defaults(func=run_pretrain)
+
+    p = sub.add_parser("demo", help="the whole forgetting study on the offline world, on a local Ray")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--config", default=str(DEMO_CONFIG), help=f"tune config (default {DEMO_CONFIG})")
+    p.add_argument("--base", default=str(BASE_DIR), help=f"where the trained base goes (default {BASE_DIR})")
+    p.add_argument("--pretrain-config", help="YAML with PretrainConfig fields (default: the built-in recipe)")
     p.set_defaults(func=run_demo)

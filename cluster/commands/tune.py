@@ -7,15 +7,18 @@ from cluster.commands.evaluate import print_log_path
 from serving import terminal
 
 
-def run_tune(args: argparse.Namespace) -> int:
+def run_tune(args: argparse.Namespace, overrides: dict | None = None) -> int:
+    """`overrides` (the demo's) replace values of the config file, as its flags do."""
     from cluster.config import parse_config
     from cluster.runtime import init_ray
     from serving.locate import model_source
     from tuners.config import TuneConfig
     from tuners.experiment import run_experiment
 
-    cfg = parse_config(TuneConfig, args.config, {"out": args.out})
+    cfg = parse_config(TuneConfig, args.config, {**(overrides or {}), "out": args.out})
     model_source(cfg.model.name, cfg.model.revision)  # before Ray: a missing model fails in seconds, not minutes
+    if cfg.vision_baseline is not None:
+        model_source(cfg.vision_baseline.name, cfg.vision_baseline.revision, what="CLIP model")
     init_ray(cfg.address, cfg.num_cpus)
     datasets = ", ".join(d.name for d in cfg.eval.datasets)
     terminal.say(f"tune: {'resuming' if args.resume else 'training'} the trials of {args.config} into {cfg.out}; "

@@ -1,8 +1,13 @@
-"""The datasets EMT knows by name: the paper's four (on the HF hub) and two that work offline."""
+"""The datasets EMT knows by name: the paper's four (on the HF hub) and an offline world shaped like them.
+
+Offline: `digits` (real handwriting, the MNIST analog), `shapes` (10 objects, the CIFAR-10 analog),
+`colored_shapes` (100 fine-grained classes with a long label list, the CIFAR-100 / miniImageNet analog) and
+`colors` (10 colours, one more RGB set to forget on).
+"""
 from __future__ import annotations
 
 from evaluators import classnames
-from evaluators.datasets import colors, digits, shapes
+from evaluators.datasets import colored_shapes, colors, digits, shapes
 from evaluators.datasets.spec import DatasetSpec
 from serving.registry import Registry
 
@@ -69,6 +74,16 @@ for _spec in (
             f"{colors.PER_CLASS['train']}/{colors.PER_CLASS['test']} per class in train/test (offline)."
         ),
         generate=colors.generate,
+    ),
+    DatasetSpec(
+        name="colored_shapes",
+        classes=colored_shapes.CLASSES,
+        kind="object",
+        description=(
+            f"Generated 32x32 RGB shapes named by colour and shape, {len(colored_shapes.CLASSES)} classes, "
+            f"{colored_shapes.PER_CLASS['train']}/{colored_shapes.PER_CLASS['test']} per class in train/test (offline)."
+        ),
+        generate=colored_shapes.generate,
     ),
 ):
     DATASETS.register(_spec.name, _spec)

@@ -21,7 +21,7 @@ PER_CLASS = {"train": 100, "test": 40}
 SIZE = 32
 
 
-def _rgb(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
+def shade(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
     hue, light, sat = COLORS[name]
     h = (hue if hue is not None else 0.0) + rng.uniform(-0.02, 0.02)
     rgb = colorsys.hls_to_rgb(h % 1.0, np.clip(light + rng.uniform(-0.06, 0.06), 0, 1),
@@ -31,11 +31,11 @@ def _rgb(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
 
 def draw(name: str, rng: np.random.Generator) -> Image.Image:
     """A swatch of `name` with a blurred blob of a shade of the same colour and pixel noise."""
-    base = _rgb(name, rng)
+    base = shade(name, rng)
     image = Image.new("RGB", (SIZE, SIZE), base)
     r = rng.uniform(6, 12)
     cx, cy = rng.uniform(r, SIZE - r, size=2)
-    ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=_rgb(name, rng))
+    ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=shade(name, rng))
     noisy = np.asarray(image.filter(ImageFilter.GaussianBlur(2)), dtype=np.int16) + rng.integers(-8, 9, (SIZE, SIZE, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 

@@ -1,6 +1,8 @@
-"""A generated offline RGB dataset of simple shapes, so the object-prompt path can run with no download.
+"""A generated offline RGB dataset of ten shapes, the CIFAR-10 analog of the offline world: ten object classes
+in random colours, sizes, positions and tilts, so the object-prompt path runs with no download.
 
-Rows are drawn on demand by `evaluators.datasets.generated`.
+Rows are drawn on demand by `evaluators.datasets.generated`; `outline` is shared with the 100-class
+`colored_shapes` set, which names a shape and its colour.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from PIL import Image, ImageDraw
 from evaluators.datasets.generated import generated_split
 from evaluators.datasets.raw import RawSplit
 
-SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "crescent", "arrow")
 PER_CLASS = {"train": 200, "test": 50}
 SIZE = 32
 SCALE = 4  # drawn 4x larger, then downsampled: smooth edges at 32x32
@@ -42,14 +44,11 @@ def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]
             return tuple(int(v) for v in background), tuple(int(v) for v in shape)
 
 
-def draw(name: str, rng: np.random.Generator) -> Image.Image:
-    """One 32x32 RGB image of shape `name` with random colours, size, position and (where it keeps the name) tilt."""
-    side = SIZE * SCALE
-    background, colour = _colours(rng)
-    image = Image.new("RGB", (side, side), background)
-    pen = ImageDraw.Draw(image)
-    r = rng.uniform(0.22, 0.42) * side
-    cx, cy = rng.uniform(r + 2, side - r - 2, size=2)
+def outline(pen: ImageDraw.ImageDraw, name: str, side: int, colour, background, rng: np.random.Generator) -> None:
+    """Draw shape `name` in `colour` over `background` with a random size, position and (where the name survives
+    it) tilt, on a square canvas of `side` pixels."""
+    r = rng.uniform(0.3, 0.44) * side
+    cx, cy = side / 2 + rng.uniform(-1, 1, size=2) * min(0.12 * side, side / 2 - r - 2)
     tilt = rng.uniform(-0.3, 0.3)
     box = (cx - r, cy - r, cx + r, cy + r)
     if name == "circle":
@@ -58,6 +57,10 @@ def draw(name: str, rng: np.random.Generator) -> Image.Image:
         inner = r * rng.uniform(0.5, 0.7)
         pen.ellipse(box, fill=colour)
         pen.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=background)
+    elif name == "crescent":
+        pen.ellipse(box, fill=colour)
+        dx, dy = r * 0.55 * np.array([np.cos(tilt * 10), np.sin(tilt * 10)])
+        pen.ellipse((cx - r + dx, cy - r + dy, cx + r + dx, cy + r + dy), fill=background)
     elif name == "square":
         h = r * 0.8
         pen.rectangle((cx - h, cy - h, cx + h, cy + h), fill=colour)
@@ -73,8 +76,22 @@ def draw(name: str, rng: np.random.Generator) -> Image.Image:
         arm = r * rng.uniform(0.25, 0.35)
         pen.rectangle((cx - arm, cy - r, cx + arm, cy + r), fill=colour)
         pen.rectangle((cx - r, cy - arm, cx + r, cy + arm), fill=colour)
+    elif name == "arrow":  # a head and a shaft, pointing any way
+        angle = rng.uniform(0, 2 * math.pi)
+        u, v = np.array([math.cos(angle), math.sin(angle)]), np.array([-math.sin(angle), math.cos(angle)])
+        centre, w = np.array([cx, cy]), r * 0.22
+        points = [(-r, -w), (0.1 * r, -w), (0.1 * r, -2.4 * w), (r, 0.0), (0.1 * r, 2.4 * w), (0.1 * r, w), (-r, w)]
+        pen.polygon([tuple(centre + a * u + b * v) for a, b in points], fill=colour)
     else:
         raise ValueError(f"no drawing for shape '{name}'")
+
+
+def draw(name: str, rng: np.random.Generator) -> Image.Image:
+    """One 32x32 RGB image of shape `name` in a random colour that stands out from a random background."""
+    side = SIZE * SCALE
+    background, colour = _colours(rng)
+    image = Image.new("RGB", (side, side), background)
+    outline(ImageDraw.Draw(image), name, side, colour, background, rng)
     return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 

@@ -1,0 +1,45 @@
+"""`emt demo`: the trained base, its CLIP baseline, the trials, the matrix and the report, in one command; a second
+run retrains and re-evaluates nothing. Run here on a micro budget; `make demo` runs experiments/tiny.yaml."""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from test_pretrain import MICRO
+
+from cluster.cli import main
+from tuners import pretrain as pretrain_module
+
+TUNE = {
+    "model": {"name": "set-by-the-demo"},
+    "train": {"limit": 40},
+    "eval": {"datasets": [{"name": "digits", "limit": 12}, {"name": "colors", "limit": 12}],
+             "generation": {"max_tokens": 6}, "batch_size": 16, "validation_limit": 8},
+    "search": {"space": {"method": ["linear"], "train_dataset": ["digits"], "epochs": 1, "batch_size": 8,
+                         "lr": 0.002, "projector_lr": 0.002}},
+    "resources": {"max_concurrent_trials": 1, "max_failures": 0},
+    "out": "unused",
+}
+
+
+def test_demo_runs_the_whole_study_then_reuses_it(ray_session, tmp_path, capsys, monkeypatch):
+    (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(MICRO))
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(TUNE))
+    monkeypatch.setenv("EMT_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["demo", "--out", str(tmp_path / "demo"), "--base", str(tmp_path / "base"),
+            "--pretrain-config", str(tmp_path / "pretrain.yaml"), "--config", str(tmp_path / "tune.yaml")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    demo = tmp_path / "demo"
+    matrix = pq.read_table(demo / "matrix.parquet").to_pylist()
+    assert {(r["method"], r["epoch"]) for r in matrix} == {("base", None), ("linear", 1)}
+    assert {r["eval_dataset"] for r in matrix} == {"digits", "colors"}
+    assert (demo / "report.html").stat().st_size > 0 and (demo / "baseline" / "summary.json").is_file()
+    assert (tmp_path / "base" / "mllm" / "config.json").is_file() and (tmp_path / "base" / "clip" / "config.json").is_file()
+    assert "| base |" in out and f"report: {demo}/report.html" in out and "pretrain: base MLLM in" in out
+
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda *a, **k: pytest.fail("the demo retrained its base"))
+    parts = sorted(demo.glob("evals/*/parts/*.parquet"))
+    assert main(args) == 0
+    assert sorted(demo.glob("evals/*/parts/*.parquet")) == parts, "the second demo evaluated nothing again"
+    assert "not retraining" in capsys.readouterr().out
