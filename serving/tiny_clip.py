@@ -13,7 +13,7 @@ from typing import Iterable
 from tokenizers.processors import TemplateProcessing
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, PreTrainedTokenizerFast
 
-from serving.tiny_model import mark_tiny, start_tiny, tiny_image_processor, tiny_vision_config
+from serving.tiny_model import tiny_image_processor, tiny_vision_config, write_tiny
 
 
 def clip_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
@@ -58,22 +58,7 @@ def tiny_clip(
     return CLIPModel(config).eval(), CLIPProcessor(image_processor=tiny_image_processor(image_size), tokenizer=tokenizer)
 
 
-def build_tiny_clip(
-    out_dir: str | Path,
-    corpus: Iterable[str] = (),
-    *,
-    image_size: int = 32,
-    patch_size: int = 8,
-    hidden_size: int = 64,
-    layers: int = 2,
-    vocab_size: int = 2048,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny random CLIP model directory (config, safetensors, tokenizer, processor) and return its path."""
-    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
-    model, processor = tiny_clip(tokenizer, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                                 layers=layers)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    mark_tiny(out, "random weights: embeddings are meaningless by design", seed)
-    return out
+def build_tiny_clip(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
+    """Write a tiny random CLIP model directory and return its path; `sizes` are tiny_clip's."""
+    return write_tiny(tiny_clip, out_dir, corpus, "random weights: embeddings are meaningless by design", seed=seed,
+                      **sizes)

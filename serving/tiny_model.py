@@ -137,22 +137,21 @@ def tiny_llava(
     return model, processor
 
 
-def build_tiny_llava(
-    out_dir: str | Path,
-    corpus: Iterable[str] = (),
-    *,
-    image_size: int = 32,
-    patch_size: int = 8,
-    hidden_size: int = 64,
-    layers: int = 2,
-    vocab_size: int = 2048,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny random LLaVA model directory (config, safetensors, tokenizer, processor) and return its path."""
-    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
-    model, processor = tiny_llava(tokenizer, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                                  layers=layers)
+def save_model_dir(out: Path, model, processor, note: str, seed: int) -> Path:
+    """A normal HF model directory (weights, config, tokenizer, processor) with the note that says how it was made."""
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    mark_tiny(out, "random weights: answers are junk by design", seed)
+    mark_tiny(out, note, seed)
     return out
+
+
+def write_tiny(factory, out_dir: str | Path, corpus: Iterable[str], note: str, *, vocab_size: int = 2048,
+               seed: int = 0, **sizes) -> Path:
+    """A tiny random model of `factory` (tiny_llava, tiny_clip) with a tokenizer trained on `corpus`, on disk."""
+    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
+    return save_model_dir(out, *factory(tokenizer, **sizes), note=note, seed=seed)
+
+
+def build_tiny_llava(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
+    """Write a tiny random LLaVA model directory and return its path; `sizes` are tiny_llava's."""
+    return write_tiny(tiny_llava, out_dir, corpus, "random weights: answers are junk by design", seed=seed, **sizes)

@@ -42,3 +42,14 @@ def tiny_clip(tmp_path_factory) -> str:
 
     prompts = [clip_prompt(get_spec(n).kind, c) for n in DATASETS.names() for c in get_spec(n).classes]
     return str(build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), [*tiny_model_corpus(), *prompts], seed=0))
+
+
+@pytest.fixture(scope="session")
+def trained_base(tmp_path_factory):
+    """`emt pretrain`'s default build, the base `make demo` studies: built once per session (~95 s on 2 cores) into
+    a cache of its own. Returns the cache root: EMT_CACHE_DIR=root makes `emt pretrain` / `emt demo` find it."""
+    from tuners.pretrain import PretrainConfig, build
+
+    root = tmp_path_factory.mktemp("trained-base")
+    build(PretrainConfig(), root / "base", cache=root / "pretrained")
+    return root

@@ -22,9 +22,6 @@ DATASETS = ("digits", "shapes", "colors", "colored_shapes")
 # A tiny budget for the determinism and cache checks, seconds on 2 cores.
 MICRO = dict(per_dataset=40, hidden_size=32, clip={"epochs": 1, "lr": 1e-3, "batch_size": 32},
              align={"epochs": 1, "lr": 1e-3, "batch_size": 32}, instruct={"epochs": 1, "lr": 1e-3, "batch_size": 32})
-# Enough training to beat chance on every set, in well under a minute.
-SMALL = dict(per_dataset=600, clip={"epochs": 8, "lr": 1e-3, "batch_size": 64},
-             align={"epochs": 1, "lr": 3e-3, "batch_size": 64}, instruct={"epochs": 2, "lr": 1e-3, "batch_size": 32})
 
 
 def test_build_is_deterministic_and_cached_by_content(tmp_path, monkeypatch):
@@ -54,29 +51,24 @@ def test_mllm_vision_tower_is_its_clips_and_loads_as_any_hub_model(tmp_path):
     assert all(torch.equal(tower[k], encoder[k]) for k in encoder), "the MLLM sees through its own CLIP, frozen"
 
 
-@pytest.fixture(scope="module")
-def small_base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrained")
-    return build(PretrainConfig(**SMALL), out / "base", cache=out / "cache")
-
-
-def _test_images(name: str, limit: int):
-    table = load_split(name, "test", limit=limit, seed=0)
+def _test_images(name: str):
+    table = load_split(name, "test")
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in table.column("image").to_pylist()], \
         table.column("label").to_pylist()
 
 
-def test_small_build_beats_chance_on_every_offline_set(small_base):
-    """The MLLM under the paper's evaluation prompt, and its CLIP zero-shot, both clearly above chance."""
+def test_trained_base_is_well_above_chance_on_every_offline_test_split(trained_base):
+    """The committed recipe's base, under the paper's evaluation prompt: >= 50% and >= 3x chance on every whole test
+    split (and its CLIP, zero-shot, too), but not at the ceiling everywhere, so that fine-tuning has room to gain."""
     from transformers import AutoModelForImageTextToText, AutoProcessor, CLIPModel, CLIPProcessor
 
-    mllm, clip = small_base
+    mllm, clip = trained_base / "base" / "mllm", trained_base / "base" / "clip"
     model, processor = AutoModelForImageTextToText.from_pretrained(mllm), AutoProcessor.from_pretrained(mllm)
     clip_model, clip_processor = CLIPModel.from_pretrained(clip).eval(), CLIPProcessor.from_pretrained(clip)
     sets, clip_acc = [], {}
     for name in DATASETS:
         spec = get_spec(name)
-        images, labels = _test_images(name, 100)
+        images, labels = _test_images(name)
         params = SamplingParams(max_tokens=8)
         sets.append(ValidationSet(name, [GenerationRequest(eval_prompt(spec.kind, spec.classes), i, params)
                                          for i in images], labels, RuleJudge(spec.classes, spec.kind)))
@@ -86,8 +78,9 @@ def test_small_build_beats_chance_on_every_offline_set(small_base):
             logits = clip_model(**text, pixel_values=clip_processor.image_processor(
                 images=images, return_tensors="pt")["pixel_values"]).logits_per_image
         clip_acc[name] = (logits.argmax(1) == torch.tensor(labels)).float().mean().item()
-    mllm_acc = accuracies(model, processor, sets, batch_size=50)
+    mllm_acc = accuracies(model, processor, sets, batch_size=64)
     for name in DATASETS:
         chance = 1 / len(get_spec(name).classes)
-        assert mllm_acc[name] >= 2 * chance, (name, mllm_acc, clip_acc)
-        assert clip_acc[name] >= 2 * chance, (name, mllm_acc, clip_acc)
+        for acc in (mllm_acc, clip_acc):
+            assert acc[name] >= max(0.5, 3 * chance), (name, mllm_acc, clip_acc)
+    assert min(mllm_acc.values()) < 0.9, "room to gain somewhere"

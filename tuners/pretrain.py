@@ -62,7 +62,7 @@ class PretrainConfig(StrictModel):
     vision_feature_select_strategy: Literal["default", "full"] = "full"
     clip: Stage = Stage(epochs=14, lr=1e-3, batch_size=64)
     align: Stage = Stage(epochs=1, lr=3e-3, batch_size=64)
-    instruct: Stage = Stage(epochs=2, lr=1e-3, batch_size=32)
+    instruct: Stage = Stage(epochs=2, lr=1.5e-3, batch_size=32)
     listed_share: float = Field(0.5, ge=0, le=1, description="instruction examples asked with the label list")
 
 
@@ -153,7 +153,7 @@ def _pixels(processor, images) -> torch.Tensor:
 
 def pretrain(config: PretrainConfig, out: Path) -> None:
     from serving.tiny_clip import tiny_clip
-    from serving.tiny_model import mark_tiny, start_tiny, tiny_llava
+    from serving.tiny_model import save_model_dir, start_tiny, tiny_llava
 
     # --- setup -----------------------------------------------------------------------------------------------------
     started = time.perf_counter()
@@ -220,13 +220,9 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
     say(f"pretrain: instruction-tuned ({time.perf_counter() - started:.0f} s)")
 
     # --- save ------------------------------------------------------------------------------------------------------
-    llava.save_pretrained(out / "mllm")
-    processor.save_pretrained(out / "mllm")
-    clip.save_pretrained(out / "clip")
-    clip_processor.save_pretrained(out / "clip")
-    for d in ("mllm", "clip"):
-        mark_tiny(out / d, f"trained offline by `emt pretrain` (seed {config.seed}) on the offline training splits",
-                  config.seed)
+    note = f"trained offline by `emt pretrain` (seed {config.seed}) on the offline training splits"
+    save_model_dir(out / "mllm", llava, processor, note, config.seed)
+    save_model_dir(out / "clip", clip, clip_processor, note, config.seed)
 
 
 def _steps(stage: Stage, rng: np.random.Generator, data: Examples, optimizer, by_dataset: bool):
