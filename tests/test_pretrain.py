@@ -14,6 +14,7 @@ from evaluators.judges.rule import RuleJudge
 from evaluators.prompts import clip_prompt, eval_prompt
 from serving.config import SamplingParams
 from serving.engine import GenerationRequest
+from serving.errors import EMTError
 from tuners import pretrain as pretrain_module
 from tuners.pretrain import STAMP, PretrainConfig, build, build_key
 from tuners.validation import ValidationSet, accuracies
@@ -84,3 +85,11 @@ def test_trained_base_is_well_above_chance_on_every_offline_test_split(trained_b
         for acc in (mllm_acc, clip_acc):
             assert acc[name] >= max(0.5, 3 * chance), (name, mllm_acc, clip_acc)
     assert min(mllm_acc.values()) < 0.9, "room to gain somewhere"
+
+
+def test_a_directory_it_did_not_write_is_refused_and_kept(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(EMTError, match="holds no `emt pretrain` build"):
+        build(PretrainConfig(**MICRO), tmp_path / "mine", cache=tmp_path / "cache")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "cache").exists()

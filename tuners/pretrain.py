@@ -27,6 +27,7 @@ from pydantic import Field
 from evaluators.datasets import get_spec, load_split
 from evaluators.prompts import clip_prompt, corpus, eval_prompt, train_answer, train_prompt
 from serving.config import StrictModel
+from serving.errors import EMTError
 from serving.engine import default_cache_dir
 from serving.terminal import say
 from tuners.data import collate_examples, decode_images
@@ -84,8 +85,11 @@ def build_key(config: PretrainConfig) -> str:
 
 
 def build(config: PretrainConfig, out: Path, cache: Path | None = None) -> tuple[Path, Path]:
-    """`out/mllm` and `out/clip`, trained, from the cache when this exact build was made before."""
+    """`out/mllm` and `out/clip`, trained, from the cache when this exact build was made before. `out` is replaced
+    only when it holds another build (or nothing): never a directory this command did not write."""
     key = build_key(config)
+    if out.exists() and any(out.iterdir()) and not (out / STAMP).is_file():
+        raise EMTError(f"{out} is not empty and holds no `emt pretrain` build ({STAMP}): use a new or empty --out")
     cached = (cache or default_cache_dir() / "pretrained") / key
     if not _stamped(cached, key):
         tmp = cached.with_name(f"{key}.partial")
@@ -157,7 +161,6 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
 
     # --- setup -----------------------------------------------------------------------------------------------------
     started = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rng = np.random.default_rng(config.seed)
     data = Examples(config)
     out, tokenizer = start_tiny(out, corpus(data.specs), 2048, config.seed)
