@@ -152,6 +152,14 @@ def write_tiny(factory, out_dir: str | Path, corpus: Iterable[str], note: str, *
     return save_model_dir(out, *factory(tokenizer, **sizes), note=note, seed=seed)
 
 
+def random_llava(tokenizer: PreTrainedTokenizerFast, **sizes) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """tiny_llava for tests: random weights may rank EOS first for some inputs, an empty answer that exercises
+    nothing, so its generation config suppresses EOS at the first new token (HF's `begin_suppress_tokens`)."""
+    model, processor = tiny_llava(tokenizer, **sizes)
+    model.generation_config.begin_suppress_tokens = [tokenizer.eos_token_id]
+    return model, processor
+
+
 def build_tiny_llava(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random LLaVA model directory and return its path; `sizes` are tiny_llava's."""
-    return write_tiny(tiny_llava, out_dir, corpus, "random weights: answers are junk by design", seed=seed, **sizes)
+    return write_tiny(random_llava, out_dir, corpus, "random weights: answers are junk by design", seed=seed, **sizes)
