@@ -13,6 +13,7 @@ import dataclasses
 import json
 import threading
 from pathlib import Path
+from typing import Callable
 
 from ray import serve, tune
 
@@ -101,8 +102,11 @@ class CheckpointEvaluator:
         self.error: BaseException | None = None
         self._serve_was_running = True
         self._verified: dict[Path, dict] = {}
+        self._first: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def start(self, first: Callable[[], None] | None = None) -> None:
+        """Host the model, then scan in a thread: `first` (the CLIP baseline), the base row and the checkpoints are
+        evaluated there while the trials start up, so the cluster is busy from the start."""
         _SCANNER_ERRORS.pop(str(self.out), None)
         serve_cfg = ServeConfig(model=self.cfg.model, replicas=self.cfg.serve_replicas, adapters_dir=str(self.train_dir),
                                 app_name=APP, max_batch_size=self.cfg.eval.batch_size)
@@ -111,13 +115,19 @@ class CheckpointEvaluator:
         if not self._serve_was_running:
             serve.start(proxy_location="Disabled")  # evaluation uses deployment handles only: no HTTP port taken
         run_app(build_app(serve_cfg), APP, route_prefix=None)
-        self.evaluate_row(Row(row_id="base", served_name=self.cfg.model.name, method="base"))
+        self._first = first
         self._thread = threading.Thread(target=self._loop, name="emt-checkpoint-eval", daemon=True)
         self._thread.start()
+
+    def _run_first(self) -> None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            first()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self._run_first()
                 fault_point("tune.scan")
                 self.evaluate_pending()
             except BaseException as err:  # said now, trials stopped, raised by finish(): never lost in a thread
@@ -128,8 +138,10 @@ class CheckpointEvaluator:
             self._stop.wait(self.poll_s)
 
     def evaluate_pending(self) -> int:
+        """The base row if it is not done yet, then every complete checkpoint not evaluated yet."""
         done = 0
-        for row in checkpoint_rows(self.train_dir, self._verified):
+        base = Row(row_id="base", served_name=self.cfg.model.name, method="base")
+        for row in [base, *checkpoint_rows(self.train_dir, self._verified)]:
             if self._stop.is_set() and self._thread is not None and threading.current_thread() is self._thread:
                 break
             if not self.is_complete(row):
@@ -162,6 +174,7 @@ class CheckpointEvaluator:
             if self.error is not None:
                 raise self.error
             if evaluate_remaining:
+                self._run_first()
                 self.evaluate_pending()
         finally:
             _SCANNER_ERRORS.pop(str(self.out), None)

@@ -95,8 +95,8 @@ def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
 
 
 def run_vision_baseline(cfg: TuneConfig, out: Path) -> None:
-    """CLIP zero-shot on the very images the matrix is measured on; run before the trials, which it would only slow
-    down, and resumed through its result store like `emt baseline`."""
+    """CLIP zero-shot on the very images the matrix is measured on, resumed through its result store like
+    `emt baseline`; the checkpoint evaluator runs it first, while the trials start up."""
     from evaluators.baseline import clip_baseline
     from evaluators.config import BaselineConfig, ComputeConfig
 
@@ -114,10 +114,8 @@ def run_experiment(cfg: TuneConfig, resume: bool = False) -> Path:
 
     out = Path(cfg.out).resolve()
     claim_directory(cfg, out, resume)
-    if cfg.vision_baseline is not None:
-        run_vision_baseline(cfg, out)
     evaluator = CheckpointEvaluator(cfg, out)
-    evaluator.start()
+    evaluator.start(first=None if cfg.vision_baseline is None else lambda: run_vision_baseline(cfg, out))
     try:
         results = build_tuner(cfg, out, resume).fit()
     except BaseException:
