@@ -180,7 +180,7 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
     caption_id = torch.from_numpy(data.caption_id)
     clip.train()
     optimizer = torch.optim.AdamW(clip.parameters(), lr=config.clip.lr, weight_decay=0.1)
-    for epoch, batch in _steps(config.clip, rng, data, optimizer, by_dataset=False):
+    for batch in _steps(config.clip, rng, data, optimizer, by_dataset=False):
         rows = torch.from_numpy(batch)
         ids, inverse = caption_id[rows].unique(return_inverse=True)
         logits = clip(input_ids=captions["input_ids"][ids], attention_mask=captions["attention_mask"][ids],
@@ -199,7 +199,7 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
     projector.requires_grad_(True)
     llava.train()
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.align.lr)
-    for epoch, batch in _steps(config.align, rng, data, optimizer, by_dataset=False):
+    for batch in _steps(config.align, rng, data, optimizer, by_dataset=False):
         inputs = collate_examples([data.images[i] for i in batch], [None] * len(batch),
                                   [data.captions[data.caption_id[i]] for i in batch], processor)
         _step(llava(**inputs).loss, optimizer, projector.parameters())
@@ -211,7 +211,7 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
     trained = [p for p in llava.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.instruct.lr)
     listed = {d: eval_prompt(s.kind, s.classes, sort=s.sort_prompt_labels) for d, s in enumerate(data.specs)}
-    for epoch, batch in _steps(config.instruct, rng, data, optimizer, by_dataset=True):
+    for batch in _steps(config.instruct, rng, data, optimizer, by_dataset=True):
         d = data.dataset[batch[0]]
         spec = data.specs[d]
         question = listed[d] if rng.random() < config.listed_share else train_prompt(spec.kind)  # one length a batch
@@ -229,13 +229,13 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
 
 
 def _steps(stage: Stage, rng: np.random.Generator, data: Examples, optimizer, by_dataset: bool):
-    """(epoch, index batch) for every step of a stage, under a cosine learning-rate schedule with warmup."""
+    """The index batch of every step of a stage, under a cosine learning-rate schedule with warmup."""
     from transformers import get_cosine_schedule_with_warmup
 
-    plan = [(e, b) for e in range(stage.epochs) for b in data.batches(rng, stage.batch_size, by_dataset)]
+    plan = [b for _ in range(stage.epochs) for b in data.batches(rng, stage.batch_size, by_dataset)]
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, len(plan) // 20), max(1, len(plan)))
-    for epoch, batch in plan:
-        yield epoch, batch
+    for batch in plan:
+        yield batch
         scheduler.step()
 
 
