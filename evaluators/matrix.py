@@ -1,7 +1,8 @@
 """The global forgetting matrix of a tuning run, rebuilt from its stored per-checkpoint evaluations.
 
 Input (written by the tuning run):
-  DIR/evals/<row_id>/row.json                  what the row is: method, tuned dataset, epoch, trial, hyperparameters
+  DIR/evals/<row_id>/row.json                  what the row is: method, tuned dataset, epoch, trial, hyperparameters;
+                                               for a mitigated model also its mitigation, settings and source row(s)
   DIR/evals/<row_id>/<eval_dataset>/summary.json  an `emt eval` summary of that one dataset
   DIR/baseline/summary.json                    optional: the CLIP zero-shot baseline (`emt baseline`'s summary)
 Output: matrix.parquet and matrix.csv (long form, one row per checkpoint x eval dataset), metrics.csv and
@@ -16,14 +17,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from evaluators.forgetting import METHODS, ROW_FIELDS, ROW_SCHEMA, grid, metrics, row_sort_key
+from evaluators import mitigation
+from evaluators.forgetting import (METHODS, MITIGATIONS, MULTI_TASK, ROW_FIELDS, ROW_SCHEMA, Grid, grid, metrics,
+                                   row_sort_key, source_ids, tuned_sets)
 from evaluators.judges import CATEGORIES, JUDGE_FAILED
 from evaluators.results import atomic_write_parquet, atomic_write_text
-from evaluators.tables import (best_table, formulas_markdown, markdown, matrix_table, metrics_table, vision_note,
-                               vision_table)
+from evaluators.tables import (best_setting_text, best_table, formulas_markdown, markdown, matrix_table,
+                               metrics_table, mitigations_table, vision_note, vision_table)
 from serving.errors import EMTError
 
 BASELINE_DIR = "baseline"
+# Row settings that become one column each, by column prefix: the trial's hyperparameters, the mitigation's settings.
+SETTINGS = {"hp": "hyperparameters", "mit": "mitigation_settings"}
 RESULT_SCHEMA = pa.schema([("eval_dataset", pa.string()), ("accuracy", pa.float64()), ("ci_low", pa.float64()),
                            ("ci_high", pa.float64()), ("n", pa.int64()), ("correct", pa.int64()),
                            *((c, pa.int64()) for c in CATEGORIES if c != "correct"), ("errors", pa.int64())])
@@ -36,14 +41,36 @@ def _read_json(path: Path) -> dict:
         raise EMTError(f"cannot read {path}: {err}. Rerun the evaluation that writes it") from err
 
 
+def _check_mitigated(path: Path, row: dict) -> dict:
+    """A mitigated row is placed and scored by the checkpoint(s) it was made from: their method and tuned dataset(s),
+    the epoch (a multi-task merge of several trials has none) and one source row per tuned dataset."""
+    name = row["mitigation"]
+    if name not in MITIGATIONS:
+        raise EMTError(f"{path}: mitigation {name!r} is not one of {', '.join(MITIGATIONS)}")
+    if row["method"] == "base" or not row.get("train_dataset"):
+        raise EMTError(f"{path}: a {name} row needs the method (linear or lora) and the train_dataset of the "
+                       "checkpoint(s) it was made from")
+    if not isinstance(row.get("epoch"), int) and not (name in MULTI_TASK and row.get("epoch") is None):
+        raise EMTError(f"{path}: a {name} row needs an integer epoch (only a multi-task merge may have none)")
+    row["source"] = row.get("source") or None
+    if row["source"] and len(source_ids(row)) != len(tuned_sets(row)):
+        raise EMTError(f"{path}: source {row['source']!r} must name one row per tuned dataset of "
+                       f"{row['train_dataset']!r}, joined with '+' in the same order")
+    return row
+
+
 def read_row(row_dir: Path) -> dict:
-    """row.json, checked: the matrix cannot place a row without its method, tuned dataset and epoch."""
+    """row.json, checked: the matrix cannot place a row without its method, tuned dataset and epoch. A row.json
+    written before mitigations existed is a plain row (mitigation 'none')."""
     path = row_dir / "row.json"
     row = _read_json(path)
     if row.get("model") != row_dir.name:
         raise EMTError(f"{path} names model {row.get('model')!r} but lies in {row_dir.name}/: they must match")
     if row.get("method") not in METHODS:
         raise EMTError(f"{path}: method {row.get('method')!r} is not one of {', '.join(METHODS)}")
+    row["mitigation"] = row.get("mitigation") or "none"
+    if row["mitigation"] != "none":
+        return _check_mitigated(path, row)
     if row["method"] != "base" and (not row.get("train_dataset") or not isinstance(row.get("epoch"), int)):
         raise EMTError(f"{path}: a {row['method']} row needs train_dataset and an integer epoch")
     if row["method"] != "base" and not row.get("trial_id"):
@@ -67,7 +94,8 @@ def read_vision_baseline(run_dir: str | Path) -> dict | None:
 
 
 def _column(values: list) -> pa.Array:
-    """Hyperparameter values as one typed column; lists, dicts and mixed kinds become JSON text (CSV-safe)."""
+    """Setting values (hyperparameters, mitigation settings) as one typed column; lists, dicts and mixed kinds
+    become JSON text (CSV-safe)."""
     try:
         array = pa.array(values)
         if not pa.types.is_nested(array.type):
@@ -86,20 +114,20 @@ def collect(run_dir: str | Path) -> pa.Table:
     records = []
     for row_dir in sorted(p for p in evals.glob("*") if (p / "row.json").is_file()):
         row = read_row(row_dir)
-        hps = {f"hp_{k}": v for k, v in (row.get("hyperparameters") or {}).items()}
+        settings = {p: {f"{p}_{k}": v for k, v in (row.get(key) or {}).items()} for p, key in SETTINGS.items()}
         path = row_dir / "summary.json"
         for name, result in (_read_json(path).get("datasets", {}) if path.is_file() else {}).items():
-            records.append({**{k: row.get(k) for k in ROW_FIELDS}, "hp": hps, **read_result(name, result)})
+            records.append({**{k: row.get(k) for k in ROW_FIELDS}, **settings, **read_result(name, result)})
     if not records:
         raise EMTError(f"no evaluation results under {evals}: expected evals/<row>/row.json and "
                        "evals/<row>/summary.json, as a tuning run writes them")
     records.sort(key=lambda r: (row_sort_key(r), r["eval_dataset"]))
-    hp_names = sorted({k for r in records for k in r["hp"]})
+    names = {p: sorted({k for r in records for k in r[p]}) for p in SETTINGS}
     extra = [JUDGE_FAILED] if any(JUDGE_FAILED in r for r in records) else []
     columns = {f.name: pa.array([r.get(f.name) for r in records], f.type) for f in [*ROW_SCHEMA, *RESULT_SCHEMA]}
-    columns |= {k: _column([r["hp"].get(k) for r in records]) for k in hp_names}
+    columns |= {k: _column([r[p].get(k) for r in records]) for p in SETTINGS for k in names[p]}
     columns |= {k: pa.array([r.get(k) for r in records], pa.int64()) for k in extra}
-    order = [*ROW_FIELDS, *hp_names, *RESULT_SCHEMA.names, *extra]
+    order = [*ROW_FIELDS, *names["hp"], *names["mit"], *RESULT_SCHEMA.names, *extra]
     return pa.table({k: columns[k] for k in order})
 
 
@@ -107,6 +135,17 @@ def csv_text(table: pa.Table) -> str:
     buf = io.BytesIO()
     pacsv.write_csv(table, buf)
     return buf.getvalue().decode()
+
+
+def mitigations_markdown(g: Grid) -> list[str]:
+    """The Mitigations section of matrix.md, only for a run that has mitigated rows."""
+    rows = mitigation.mitigation_metrics(g)
+    if not rows:
+        return []
+    best = [f"- **{b['mitigation']}**: {best_setting_text(b)}" for b in mitigation.best_settings(rows)]
+    return ["## Mitigations", "", mitigation.NOTE, "", markdown(mitigations_table(rows)), "",
+            formulas_markdown(mitigation.NOTATION, mitigation.FORMULAS), "",
+            "Best setting per mitigation (the highest mean H-score over its rows):", "", *best, ""]
 
 
 def render_markdown(name: str, table: pa.Table, metrics_tbl: pa.Table, weight: float,
@@ -134,6 +173,7 @@ def render_markdown(name: str, table: pa.Table, metrics_tbl: pa.Table, weight: f
         "",
         markdown(best_table(metrics_tbl, weight)),
         "",
+        *mitigations_markdown(g),
     ])
 
 

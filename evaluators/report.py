@@ -1,4 +1,5 @@
-"""One self-contained report.html of a tuning run: the matrix, its metrics, best rows and pictures, no links out.
+"""One self-contained report.html of a tuning run: the matrix, its metrics, best rows, mitigations and pictures, no
+links out.
 
 Pictures are embedded as base64 PNG data URIs and the CSS is inline, so the file can be mailed or archived alone.
 """
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from evaluators import plots
-from evaluators.forgetting import (Grid, best_trials, chosen_on_validation, grid, metrics, objective_score,
-                                   pareto_front)
+from evaluators import mitigation, plots
+from evaluators.forgetting import (Grid, best_trials, checkpoints, chosen_on_validation, grid, metrics,
+                                   objective_score, pareto_front)
 from evaluators.matrix import collect, read_vision_baseline, write_tables
 from evaluators.results import atomic_write_bytes, atomic_write_text
-from evaluators.tables import (best_table, formulas_html, html, matrix_table, metrics_table, objective_name,
-                               vision_note, vision_table)
+from evaluators.tables import (best_setting_text, best_table, formulas_html, html, matrix_table, metrics_table,
+                               mitigations_table, objective_name, vision_note, vision_table)
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -37,7 +38,8 @@ evaluated after an epoch on every dataset. On its own dataset a checkpoint shoul
 loses accuracy: that loss is the forgetting. The heatmap colours each cell by its change from the base (red = lost,
 blue = gained, boxed = the tuned dataset); the curves follow each trial epoch by epoch from the base (epoch 0);
 the scatter puts every checkpoint's gain against its mean forgetting, and the Pareto front joins the checkpoints no
-other one beats on both. Metrics are in percentage points (pp).</div>"""
+other one beats on both. Mitigated rows (a checkpoint repaired, or several merged, after training) come after the
+checkpoints; the scatter links each to its source(s). Metrics are in percentage points (pp).</div>"""
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -47,7 +49,7 @@ def _img(png: bytes, alt: str) -> str:
 def highlighted_trials(metrics_tbl: pa.Table, objective: str, weight: float) -> set[str]:
     """Per tuned dataset and method, the trial of its best checkpoint under the objective (else its first trial)."""
     chosen: dict[tuple, str] = {}
-    for r in best_trials(metrics_tbl, objective, weight).to_pylist() + metrics_tbl.to_pylist():
+    for r in best_trials(metrics_tbl, objective, weight).to_pylist() + checkpoints(metrics_tbl).to_pylist():
         chosen.setdefault((r["method"], r["train_dataset"]), r["trial_id"])
     return set(chosen.values())
 
@@ -80,6 +82,18 @@ def vision_html(g: Grid, clip: dict | None) -> str:
             f"{html(vision_table(g, clip))}\n")
 
 
+def mitigations_html(g: Grid) -> str:
+    """The Mitigations section, only for a run that has mitigated rows: the table, then each method's best setting."""
+    rows = mitigation.mitigation_metrics(g)
+    if not rows:
+        return ""
+    best = "".join(f"<h3>{escape(b['mitigation'])}</h3>\n<p>{escape(best_setting_text(b))}.</p>\n"
+                   for b in mitigation.best_settings(rows))
+    return (f"<h2>Mitigations</h2>\n<p>{escape(mitigation.NOTE)}</p>\n{html(mitigations_table(rows))}\n"
+            f"{formulas_html(mitigation.NOTATION, mitigation.FORMULAS)}\n"
+            f"<p>Best setting per mitigation: the highest mean H-score over its rows.</p>\n{best}")
+
+
 def render_html(name: str, g: Grid, metrics_tbl: pa.Table, pngs: dict[str, bytes], objective: str,
                 weight: float, splits: str, clip: dict | None = None) -> str:
     ranked = best_trials(metrics_tbl, objective, weight).to_pylist()
@@ -108,7 +122,7 @@ def render_html(name: str, g: Grid, metrics_tbl: pa.Table, pngs: dict[str, bytes
 <p>Pareto front, numbered as in the picture (least forgetting first):</p>
 <ol>{front}</ol>
 {_img(pngs["tradeoff.png"], "gain versus mean forgetting")}
-</body></html>
+{mitigations_html(g)}</body></html>
 """
 
 

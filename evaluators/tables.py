@@ -1,4 +1,4 @@
-"""The matrix, metric and best-row tables as one layout (header + text rows), rendered to Markdown or HTML.
+"""The matrix, metric, best-row and mitigation tables as one layout (header + text rows), rendered to Markdown or HTML.
 
 Keeping one layout means matrix.md and report.html can never disagree on a number.
 """
@@ -9,7 +9,8 @@ from html import escape
 
 import pyarrow as pa
 
-from evaluators.forgetting import FORMULAS, NOTATION, OBJECTIVES, Grid, best_trials, chosen_on_validation
+from evaluators.forgetting import (FORMULAS, NOTATION, OBJECTIVES, Grid, best_trials, chosen_on_validation,
+                                   settings_text)
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -54,10 +55,6 @@ def objective_name(objective: str, weight: float) -> str:
             "tradeoff": f"tradeoff (gain - {weight:g} x mean forgetting)"}[objective]
 
 
-def hyperparameters(row: dict) -> str:
-    return ", ".join(f"{k[3:]}={v}" for k, v in row.items() if k.startswith("hp_") and v is not None)
-
-
 def best_table(metrics: pa.Table, weight: float) -> Table:
     """The best checkpoint under each objective (see forgetting.objective_score), or 'none' without a candidate."""
     on = "validation" if chosen_on_validation(metrics) else "evaluation split"
@@ -68,10 +65,26 @@ def best_table(metrics: pa.Table, weight: float) -> Table:
         if ranked:
             b = ranked[0]
             rows.append([objective_name(objective, weight), b["label"], pp(b["gain"]), pp(b["mean_forgetting"]),
-                         pp(b["score"]), hyperparameters(b)])
+                         pp(b["score"]), settings_text(b, "hp_")])
         else:
             rows.append([objective_name(objective, weight), "none (no candidate row)", "", "", "", ""])
     return headers, rows
+
+
+def mitigations_table(rows: list[dict]) -> Table:
+    """Per mitigated row (mitigation.mitigation_metrics), what it kept of its source's gain and the base's skills."""
+    headers = ["run", "source", "tuned acc", "other acc", "gain kept (%)", "base kept (%)",
+               "forgetting recovered (%)", "H-score", "source H-score"]
+    keys = ["tuned_accuracy", "other_accuracy", "gain_kept", "base_kept", "forgetting_recovered", "h_score",
+            "source_h_score"]
+    return headers, [[r["label"], r["source_label"], *(pct(r[k]) for k in keys)] for r in rows]
+
+
+def best_setting_text(best: dict) -> str:
+    """One mitigation's best setting (an entry of mitigation.best_settings), in words."""
+    rows = f"{best['rows']} row" + ("s" if best["rows"] > 1 else "")
+    return (f"{best['settings'] or 'its default settings'} did best, with a mean H-score of {pct(best['h_score'])} "
+            f"over {rows}, against {pct(best['source_h_score']) or 'unknown'} for the checkpoint(s) it was made from")
 
 
 def _numeric(table: Table) -> list[bool]:
@@ -94,11 +107,11 @@ def html(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def formulas_markdown() -> str:
-    return NOTATION + ".\n\n" + "\n".join(f"- **{name}**: `{formula}`. {note}." for name, formula, note in FORMULAS)
+def formulas_markdown(notation: str = NOTATION, formulas: tuple = FORMULAS) -> str:
+    return notation + ".\n\n" + "\n".join(f"- **{name}**: `{formula}`. {note}." for name, formula, note in formulas)
 
 
-def formulas_html() -> str:
+def formulas_html(notation: str = NOTATION, formulas: tuple = FORMULAS) -> str:
     items = "".join(f"<li><b>{escape(name)}</b>: <code>{escape(formula)}</code>. {escape(note)}.</li>"
-                    for name, formula, note in FORMULAS)
-    return f"<p>{escape(NOTATION)}.</p><ul>{items}</ul>"
+                    for name, formula, note in formulas)
+    return f"<p>{escape(notation)}.</p><ul>{items}</ul>"

@@ -1,10 +1,13 @@
-"""The two fine-tuned checkpoint formats a server loads on top of one base model, and where to find them by name.
+"""The fine-tuned checkpoint formats a server loads on top of one base model, and where to find them by name.
 
-The tuning issue writes them, the server and the evaluation load them:
+Tuning and mitigation write them, the server and the evaluation load them:
 - LoRA: a standard peft adapter directory (`adapter_config.json` + `adapter_model.safetensors`); the projector may
   ride along in `modules_to_save`. Loading it leaves the base weights untouched.
 - projector-only: `emt_adapter.json` ({"kind": "projector", "base_model": ..., ...}) + `projector.safetensors`, the
   state dict of the LLaVA projector (a few MB against GBs for the model), swapped in per batch.
+- weight patch: `emt_adapter.json` ({"kind": "patch", ...}) + `patch.safetensors`, the new values of the base
+  parameters a mitigation changed (Model Tailor, WiSE-FT, merges), by parameter name. A tensor that changed in few
+  entries is stored sparse (flat indices + values). Written in place per batch and restored after, exactly.
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ from serving.errors import EMTError, UnknownNameError
 LORA_CONFIG = "adapter_config.json"
 PROJECTOR_META = "emt_adapter.json"
 PROJECTOR_WEIGHTS = "projector.safetensors"
-AdapterKind = Literal["lora", "projector"]
+PATCH_WEIGHTS = "patch.safetensors"
+AdapterKind = Literal["lora", "projector", "patch"]
+_WEIGHTS = {"projector": PROJECTOR_WEIGHTS, "patch": PATCH_WEIGHTS}
+SPARSE_BELOW = 0.5  # a patched tensor with fewer changed entries than this share is stored as (indices, values)
 
 
 def projector_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,7 +48,8 @@ def save_projector_checkpoint(model: torch.nn.Module, out_dir: str | Path, base_
 
 
 def adapter_kind(path: str | Path) -> AdapterKind:
-    """"lora" or "projector", from the files in `path`; anything else is an error that says what was expected."""
+    """"lora", "projector" or "patch", from the files in `path`; anything else is an error that says what was
+    expected."""
     p = Path(path)
     if (p / LORA_CONFIG).is_file():
         return "lora"
@@ -52,13 +59,79 @@ def adapter_kind(path: str | Path) -> AdapterKind:
             kind = json.loads(meta.read_text()).get("kind")
         except (json.JSONDecodeError, AttributeError) as err:
             raise EMTError(f"{meta} is not a JSON object: {err}") from err
-        if kind == "projector" and (p / PROJECTOR_WEIGHTS).is_file():
-            return "projector"
-        raise EMTError(f"{meta} says kind={kind!r}; a projector checkpoint needs kind 'projector' and {PROJECTOR_WEIGHTS}")
+        if kind in _WEIGHTS and (p / _WEIGHTS[kind]).is_file():
+            return kind
+        raise EMTError(f"{meta} says kind={kind!r}; expected kind 'projector' with {PROJECTOR_WEIGHTS} or kind "
+                       f"'patch' with {PATCH_WEIGHTS}")
     raise EMTError(
-        f"'{p}' is not an adapter directory: expected {LORA_CONFIG} (a peft LoRA adapter) or {PROJECTOR_META} + "
-        f"{PROJECTOR_WEIGHTS} (a projector checkpoint, see serving.adapters.save_projector_checkpoint)"
+        f"'{p}' is not an adapter directory: expected {LORA_CONFIG} (a peft LoRA adapter), {PROJECTOR_META} + "
+        f"{PROJECTOR_WEIGHTS} (a projector checkpoint, see serving.adapters.save_projector_checkpoint) or "
+        f"{PROJECTOR_META} + {PATCH_WEIGHTS} (a weight patch, `emt tailor` / `emt mitigate`)"
     )
+
+
+def adapter_meta(path: str | Path) -> dict:
+    """The JSON beside a projector checkpoint or a patch ({} for a LoRA adapter)."""
+    meta = Path(path) / PROJECTOR_META
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def save_patch(out_dir: str | Path, new: dict[str, torch.Tensor], base: dict[str, torch.Tensor], base_model: str,
+               extra: dict | None = None) -> Path:
+    """Write the parameters in `new` that differ from `base` (same names) as a patch checkpoint; the meta last."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, value in new.items():
+        value = value.detach().to("cpu").contiguous()
+        before = base[name].detach().to(device="cpu", dtype=value.dtype)
+        changed = (value != before).flatten().nonzero().flatten()
+        if changed.numel() == 0:
+            continue
+        if changed.numel() < SPARSE_BELOW * value.numel():
+            tensors[f"{name}@index"] = changed
+            tensors[f"{name}@values"] = value.flatten()[changed].contiguous()
+        else:
+            tensors[name] = value
+    save_file(tensors, str(out / PATCH_WEIGHTS))
+    meta = {**(extra or {}), "kind": "patch", "base_model": base_model,
+            "parameters": sorted({k.split("@")[0] for k in tensors})}
+    (out / PROJECTOR_META).write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def load_patch(path: str | Path) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """Parameter name -> its new dense value, or (flat indices, values) for a sparse one."""
+    raw = load_file(str(Path(path) / PATCH_WEIGHTS))
+    patch: dict = {}
+    for key, tensor in raw.items():
+        name, _, part = key.partition("@")
+        if part:
+            patch[name] = (raw[f"{name}@index"], raw[f"{name}@values"])
+        else:
+            patch[name] = tensor
+    return patch
+
+
+def patched_parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
+    """The parameter of the base model called `name`, also under peft's wrappers (a LoRA layer's `base_layer`, a
+    `modules_to_save` module's `original_module`), which a server holding LoRA adapters has put around it."""
+    module = model
+    *path, leaf = name.split(".")
+    for part in path:
+        for wrapped in ("original_module", "base_layer"):
+            if not hasattr(module, part) and hasattr(module, wrapped):
+                module = getattr(module, wrapped)
+        module = getattr(module, part, None)
+        if module is None:
+            raise EMTError(f"the model has no parameter '{name}': the patch was made for another architecture")
+        module = getattr(module, "original_module", module)
+    if not hasattr(module, leaf) and hasattr(module, "base_layer"):
+        module = module.base_layer
+    param = getattr(module, leaf, None)
+    if not isinstance(param, torch.nn.Parameter):
+        raise EMTError(f"the model has no parameter '{name}': the patch was made for another architecture")
+    return param
 
 
 def load_projector_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -81,7 +154,7 @@ class AdapterCatalog:
     def names(self) -> list[str]:
         found = set(self.explicit)
         if self.root is not None:
-            for marker in (*self.root.rglob(LORA_CONFIG), *self.root.rglob(PROJECTOR_META)):
+            for marker in (*self.root.rglob(LORA_CONFIG), *self.root.rglob(PROJECTOR_META)):  # projector, patch
                 d = marker.parent.resolve()
                 if d.is_relative_to(self.root) and d != self.root:
                     found.add(d.relative_to(self.root).as_posix())

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from serving.adapters import adapter_kind, load_projector_state, projector_module
+from serving.adapters import adapter_kind, load_patch, load_projector_state, patched_parameter, projector_module
 from serving.config import ModelConfig, SamplingParams
 from serving.engine import Engine, Generation, GenerationRequest
 from serving.locate import model_source
@@ -116,16 +116,21 @@ class TransformersEngine(Engine):
         self._lora_ids: dict[str, str] = {}  # adapter name -> peft adapter id (peft forbids "." and "/" in ids)
         self._projectors: dict[str, dict[str, torch.Tensor]] = {}
         self._base_projector: dict[str, torch.Tensor] = {}
+        self._patches: dict[str, dict] = {}  # weight patches (serving.adapters): name -> parameter -> new values
 
     @property
     def adapters(self) -> list[str]:
-        return sorted([*self._lora_ids, *self._projectors])
+        return sorted([*self._lora_ids, *self._projectors, *self._patches])
 
     def load_adapter(self, name: str, path: str) -> None:
         if name in self.adapters:
             raise EMTError(f"adapter '{name}' is already loaded")
-        if adapter_kind(path) == "projector":
+        kind = adapter_kind(path)
+        if kind == "projector":
             self._projectors[name] = self._checked_projector_state(name, path)
+            return
+        if kind == "patch":
+            self._patches[name] = self._checked_patch(name, path)
             return
         from peft import PeftModel
 
@@ -148,9 +153,55 @@ class TransformersEngine(Engine):
             self._base_projector = {k: v.detach().clone() for k, v in base.items()}
         return {k: v.to(device=base[k].device, dtype=base[k].dtype) for k, v in state.items()}
 
+    def _checked_patch(self, name: str, path: str) -> dict:
+        """The patch's values on this model's device and dtype; a name or shape the model lacks fails here."""
+        patch = {}
+        for pname, value in load_patch(path).items():
+            try:
+                param = patched_parameter(self.model, pname)
+            except EMTError as err:
+                raise EMTError(f"weight patch '{name}' ({path}) does not fit {self.model_name}: {err}") from err
+            if isinstance(value, tuple):
+                index, values = value
+                if index.numel() and int(index.max()) >= param.numel():
+                    raise EMTError(f"weight patch '{name}' ({path}) does not fit {self.model_name}: {pname} is smaller")
+                patch[pname] = (index.to(param.device), values.to(device=param.device, dtype=param.dtype))
+            elif tuple(value.shape) != tuple(param.shape):
+                raise EMTError(f"weight patch '{name}' ({path}) does not fit {self.model_name}: {pname} is "
+                               f"{tuple(value.shape)} there and {tuple(param.shape)} here")
+            else:
+                patch[pname] = value.to(device=param.device, dtype=param.dtype)
+        return patch
+
+    @contextlib.contextmanager
+    def _patched(self, patch: dict) -> Iterator[None]:
+        """The patch's values written into the base parameters, and exactly the old values back afterwards."""
+        saved = []
+        try:
+            with torch.no_grad():
+                for pname, value in patch.items():
+                    flat = patched_parameter(self.model, pname).data.view(-1)
+                    if isinstance(value, tuple):
+                        index, values = value
+                        saved.append((flat, index, flat[index].clone()))
+                        flat[index] = values
+                    else:
+                        saved.append((flat, None, flat.clone()))
+                        flat.copy_(value.view(-1))
+            yield
+        finally:
+            with torch.no_grad():
+                for flat, index, old in reversed(saved):
+                    if index is None:
+                        flat.copy_(old)
+                    else:
+                        flat[index] = old
+
     def unload_adapter(self, name: str) -> None:
         if name in self._projectors:
             del self._projectors[name]
+        elif name in self._patches:
+            del self._patches[name]
         elif name in self._lora_ids:
             self._peft.delete_adapter(self._lora_ids.pop(name))
             if not self._peft.peft_config:  # the last LoRA gone: take the wrapper out, the base is as loaded
@@ -172,6 +223,10 @@ class TransformersEngine(Engine):
         with lora_off:
             if name is None:
                 yield
+                return
+            if name in self._patches:
+                with self._patched(self._patches[name]):
+                    yield
                 return
             proj = projector_module(self.model)
             proj.load_state_dict(self._projectors[name])

@@ -106,9 +106,11 @@ def _refuse_local_adapters(cfg: ServeConfig) -> None:
         catalog = AdapterCatalog(root=cfg.adapters_dir)
         local.update({name: str(catalog.path(name)) for name in catalog.names()})
     for name, path in sorted(local.items()):
-        if adapter_kind(path) == "projector":
-            raise EMTError(f"adapter '{name}' ({path}) is a projector-only checkpoint: vLLM serves LoRA adapters "
-                           "only; serve projector checkpoints with --backend transformers")
+        kind = adapter_kind(path)
+        if kind != "lora":
+            what = "a projector-only checkpoint" if kind == "projector" else "a weight patch (emt tailor / mitigate)"
+            raise EMTError(f"adapter '{name}' ({path}) is {what}: vLLM serves LoRA adapters only; serve it with "
+                           "--backend transformers")
         saved = json.loads((Path(path) / LORA_CONFIG).read_text()).get("modules_to_save")
         if saved:
             raise EMTError(f"adapter '{name}' ({path}) also saves whole modules {saved} (peft modules_to_save, as "

@@ -88,7 +88,8 @@ def test_collect_long_form(run):
     table = collect(run)
     assert table.num_rows == len(ROWS) * len(DATASETS)
     assert table.column_names == [
-        "model", "method", "train_dataset", "epoch", "trial_id", "val_gain", "val_forgetting", "hp_epochs", "hp_lora_r", "hp_lr", "eval_dataset",
+        "model", "method", "train_dataset", "epoch", "trial_id", "val_gain", "val_forgetting", "mitigation", "source",
+        "hp_epochs", "hp_lora_r", "hp_lr", "eval_dataset",
         "accuracy", "ci_low", "ci_high", "n", "correct", "wrong", "intrinsic_hallucination",
         "extrinsic_hallucination", "errors", "judge_failed"]
     rows = table.to_pylist()
@@ -96,6 +97,7 @@ def test_collect_long_form(run):
     first = rows[0]
     assert (first["method"], first["train_dataset"], first["epoch"], first["eval_dataset"]) == (
         "base", None, None, "cifar10")
+    assert {(r["mitigation"], r["source"]) for r in rows} == {("none", None)}, "rows written before mitigations"
     assert first["accuracy"] == 0.30 and (first["ci_low"], first["ci_high"]) == wilson_interval(30, N)
     assert (first["correct"], first["wrong"], first["intrinsic_hallucination"]) == (30, 35, 35)
     t2 = rows[-1]

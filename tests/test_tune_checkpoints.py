@@ -19,7 +19,7 @@ from serving import terminal
 from serving.config import SamplingParams
 from serving.engine import GenerationRequest
 from serving.transformers_engine import TransformersEngine, load_model_and_processor
-from tuners.checkpoint_eval import checkpoint_rows
+from tuners.rows import checkpoint_rows
 from tuners.config import TuneConfig
 from tuners.manifest import CHECKPOINT_META
 from tuners.methods import LoraSettings, apply_method

@@ -101,7 +101,7 @@ def test_checkpoints_vllm_cannot_load_are_refused_before_local_paths_are(tmp_pat
     plain = adapter(tmp_path / "loras" / "plain", "lora")
     for cfg, message in [
         (ServeConfig(model=LLAVA, adapters={"p": projector}),
-         "vLLM serves LoRA adapters only; serve projector checkpoints with --backend transformers"),
+         "projector-only checkpoint: vLLM serves LoRA adapters only; serve it with --backend transformers"),
         (ServeConfig(model=LLAVA, adapters_dir=str(tmp_path / "tune")), "adapter 'trial_0/ckpt' .* projector-only"),
         (ServeConfig(model=LLAVA, adapters={"m": with_projector}), "modules_to_save"),
         (ServeConfig(model=LLAVA, adapters={"l": plain}), f"cloud storage prefix only .*'{LLAVA}:NAME'"),

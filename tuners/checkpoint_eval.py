@@ -9,7 +9,6 @@ same scan after training (or after a resumed run) picks up whatever is left. Res
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -27,50 +26,10 @@ from serving import terminal
 from serving.faults import fault_point
 from serving.serve_app import build_app
 from tuners.config import TuneConfig
-from tuners.manifest import CHECKPOINT_META, complete_meta
+from tuners.mitigations.study import Builder
+from tuners.rows import Row, checkpoint_rows, mitigation_rows
 
 APP = "emt-tune"
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One model of the matrix: the base, or one epoch's checkpoint of one trial."""
-
-    row_id: str
-    served_name: str
-    method: str
-    train_dataset: str | None = None
-    epoch: int | None = None
-    trial_id: str | None = None
-    hyperparameters: dict = dataclasses.field(default_factory=dict)
-    checkpoint: str | None = None
-    validation: dict = dataclasses.field(default_factory=dict)  # val_gain, val_forgetting: what selects the best
-
-    def record(self) -> dict:
-        return {"model": self.row_id, "method": self.method, "train_dataset": self.train_dataset, "epoch": self.epoch,
-                "trial_id": self.trial_id, "hyperparameters": self.hyperparameters, "checkpoint": self.checkpoint,
-                **{k: self.validation.get(k) for k in ("val_gain", "val_forgetting")}}
-
-
-def checkpoint_rows(train_dir: Path, verified: dict[Path, dict] | None = None) -> list[Row]:
-    """Complete checkpoints under the trials' storage, one row each. `verified` caches the meta of checkpoints
-    already found complete, so each is hashed once."""
-    verified = {} if verified is None else verified
-    rows = []
-    for meta_file in sorted(train_dir.rglob(CHECKPOINT_META)):
-        ckpt = meta_file.parent
-        meta = verified.get(ckpt) or complete_meta(ckpt)
-        if meta is None:
-            continue  # still being copied (or a copy a crash cut short)
-        verified[ckpt] = meta
-        rows.append(Row(
-            # the directory name too: a retried epoch can leave two checkpoints of one (trial, epoch)
-            row_id=f"{meta['method']}-{meta['train_dataset']}-{meta['trial']}-e{meta['epoch']}-{ckpt.name}",
-            served_name=str(ckpt.relative_to(train_dir)), method=meta["method"],
-            train_dataset=meta["train_dataset"], epoch=int(meta["epoch"]), trial_id=meta["trial"],
-            hyperparameters=meta["hyperparameters"], checkpoint=str(ckpt), validation=meta.get("validation") or {},
-        ))
-    return rows
 
 
 _SCANNER_ERRORS: dict[str, BaseException] = {}  # experiment dir -> its scanner's error, in the driver process
@@ -91,7 +50,8 @@ class StopOnScannerError(tune.Stopper):
 
 
 class CheckpointEvaluator:
-    """Hosts the base model on Serve and evaluates rows (base first, then checkpoints as they appear)."""
+    """Hosts the base model on Serve and evaluates rows (base first, then checkpoints as they appear, then the
+    mitigated models built from them)."""
 
     def __init__(self, cfg: TuneConfig, out: Path, poll_s: float = 3.0) -> None:
         self.cfg, self.out, self.poll_s = cfg, out, poll_s
@@ -103,6 +63,8 @@ class CheckpointEvaluator:
         self._serve_was_running = True
         self._verified: dict[Path, dict] = {}
         self._first: Callable[[], None] | None = None
+        self.builder = Builder(cfg, self.train_dir) if cfg.mitigations else None
+        self._final = False  # every trial has finished: multi-task merges may be planned
 
     def start(self, first: Callable[[], None] | None = None) -> None:
         """Host the model, then scan in a thread: `first` (the CLIP baseline), the base row and the checkpoints are
@@ -138,10 +100,16 @@ class CheckpointEvaluator:
             self._stop.wait(self.poll_s)
 
     def evaluate_pending(self) -> int:
-        """The base row if it is not done yet, then every complete checkpoint not evaluated yet."""
+        """The base row if it is not done yet, then every complete checkpoint not evaluated yet; the mitigations
+        those checkpoints allow are submitted first, and every patch already built is evaluated after them."""
         done = 0
         base = Row(row_id="base", served_name=self.cfg.model.name, method="base")
-        for row in [base, *checkpoint_rows(self.train_dir, self._verified)]:
+        rows = [base, *checkpoint_rows(self.train_dir, self._verified)]
+        if self.builder is not None:
+            self.builder.submit(rows[1:], self._final)
+            self.builder.poll()
+            rows += mitigation_rows(self.train_dir)
+        for row in rows:
             if self._stop.is_set() and self._thread is not None and threading.current_thread() is self._thread:
                 break
             if not self.is_complete(row):
@@ -175,7 +143,11 @@ class CheckpointEvaluator:
                 raise self.error
             if evaluate_remaining:
                 self._run_first()
+                self._final = True
                 self.evaluate_pending()
+                if self.builder is not None:
+                    self.builder.poll(wait=True)
+                    self.evaluate_pending()
         finally:
             _SCANNER_ERRORS.pop(str(self.out), None)
             serve.delete(APP)

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from evaluators.config import _Datasets
 from serving.config import ModelConfig, SamplingParams, StrictModel
+from tuners.mitigations.study import Mitigations
 
 SEARCHABLE = ("method", "train_dataset", "lr", "projector_lr", "epochs", "batch_size", "weight_decay",
               "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "seed")
@@ -97,6 +98,8 @@ class TuneConfig(StrictModel):
     resources: Resources = Resources()
     objective: Objective = Objective()
     logging: Logging = Logging()
+    mitigations: Mitigations | None = Field(
+        None, description="mitigated rows (Model Tailor, WiSE-FT, DARE, merges) built from the trials' checkpoints")
     defaults: dict[str, Any] = Field(default_factory=lambda: dict(
         lr=2e-4, projector_lr=2e-3, epochs=3, batch_size=4, weight_decay=0.0, warmup_ratio=0.03,
         lora_r=64, lora_alpha=16, lora_dropout=0.05, lora_target_modules=None, seed=0,

@@ -3,6 +3,7 @@
     DIR/experiment.json     the config this directory belongs to (a different one is refused)
     DIR/tune/trials/        Tune's experiment state (Tuner.restore resumes from it)
     DIR/train/<trial>/      each trial's Ray Train run: per-epoch checkpoints (adapter or projector only)
+    DIR/train/mitigations/  the mitigated models (weight patches) built from those checkpoints
     DIR/evals/<row>/        one evaluation of every dataset per checkpoint (and the base), written as it finishes
     DIR/baseline/           the CLIP zero-shot baseline on the eval datasets (with vision_baseline), as `emt baseline`
     DIR/matrix.*, report.html, *.png
@@ -52,11 +53,13 @@ def logger_callbacks(cfg: TuneConfig) -> list:
 
 
 def claim_directory(cfg: TuneConfig, out: Path, resume: bool) -> None:
-    """One experiment per directory: a rerun without --resume, or with another config, is refused."""
+    """One experiment per directory: a rerun without --resume, or with another config, is refused. Mitigations
+    may change between runs: they add rows and change none of the trials'."""
     stored_file = out / CONFIG_FILE
     mine = json.loads(cfg.model_dump_json(exclude={"out"}))
     if stored_file.exists():
         stored = json.loads(stored_file.read_text())
+        stored["mitigations"] = mine["mitigations"]
         if stored != mine:
             diff = sorted(k for k in stored.keys() | mine.keys() if stored.get(k) != mine.get(k))
             raise EMTError(f"{out} holds an experiment with another config (differs in: {', '.join(diff)}). "
@@ -127,4 +130,26 @@ def run_experiment(cfg: TuneConfig, resume: bool = False) -> Path:
     if errors:
         raise EMTError(f"{len(errors)} trial(s) failed after their retries (first: {errors[0]}); finished "
                        f"checkpoints are evaluated in {out}. Fix the cause and rerun with --resume")
+    raise_mitigation_errors(evaluator, out)
+    return out
+
+
+def raise_mitigation_errors(evaluator: CheckpointEvaluator, out: Path) -> None:
+    if evaluator.builder is not None and evaluator.builder.errors:
+        errors = evaluator.builder.errors
+        raise EMTError(f"{len(errors)} mitigation(s) failed (first: {errors[0]}); every other row is in {out}. "
+                       "Fix the cause and rerun: built rows are kept")
+
+
+def run_mitigations(cfg: TuneConfig) -> Path:
+    """`emt mitigate`: the mitigations of `cfg` for the checkpoints of the finished run in `cfg.out`, evaluated
+    through one Serve deployment like its other rows; then the matrix and report rebuilt."""
+    from evaluators.report import write_report
+
+    out = Path(cfg.out).resolve()
+    evaluator = CheckpointEvaluator(cfg, out)
+    evaluator.start()
+    evaluator.finish()
+    write_report(out, objective=cfg.objective.name, weight=cfg.objective.weight)
+    raise_mitigation_errors(evaluator, out)
     return out

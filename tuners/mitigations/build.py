@@ -1,0 +1,179 @@
+"""Build one mitigated checkpoint (a weight patch) from a base model and one or more fine-tuned checkpoints: setup,
+mitigate, save - read top to bottom."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from evaluators.datasets import get_spec, load_split
+from serving.adapters import save_patch
+from serving.transformers_engine import load_model_and_processor
+from tuners.data import collate
+from tuners.methods import modules_of
+from tuners.mitigations import MITIGATIONS
+from tuners.mitigations.merging import dare, task_arithmetic, ties, wise_ft
+from tuners.mitigations.settings import TailorSettings, parse_layers
+from tuners.mitigations.tailor import HessianHook, linears, tailor_linear
+from tuners.mitigations.weights import changed, check_checkpoint, merged, parameters
+
+
+class _Stop(Exception):
+    """Ends a calibration forward pass once the inputs it was run for are captured."""
+
+
+def module_at(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    return model.get_submodule(path)
+
+
+def calibration_batches(dataset: str, processor, s: TailorSettings, device) -> list[dict]:
+    """The target task's own training data in its training format (question and answer), as the official code
+    calibrates on the fine-tuning set."""
+    spec = get_spec(dataset)
+    table = load_split(dataset, split="train", limit=s.calibration_batches * s.calibration_batch_size, seed=s.seed)
+    batches = []
+    for i in range(0, table.num_rows, s.calibration_batch_size):
+        inputs = collate(table.slice(i, s.calibration_batch_size), processor, spec.classes, spec.kind)
+        inputs.pop("labels")
+        batches.append({k: v.to(device) for k, v in inputs.items()})
+    return batches
+
+
+def _run(model: torch.nn.Module, batches: list[dict], stop_at: torch.nn.Module, capture=None) -> None:
+    """Forward every batch until `stop_at` has run (forward hook) or is about to (`capture`: a pre-hook that
+    records its inputs and then stops)."""
+    def stop(*_):
+        raise _Stop
+
+    handle = (stop_at.register_forward_pre_hook(capture, with_kwargs=True) if capture
+              else stop_at.register_forward_hook(stop))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(**batch, use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+
+
+def tailor_projector(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> int:
+    """Each projector Linear in turn, its Hessian from the inputs the already-tailored ones give it."""
+    mods = modules_of(ft)
+    projector, pre_projector = module_at(ft, mods.projector), module_at(pre, mods.projector)
+    kept = 0
+    for name, linear in list(linears(projector, None)):
+        hook = HessianHook(linear)
+        _run(ft, batches, stop_at=projector)
+        kept += tailor_linear(pre_projector.get_submodule(name), linear, hook.remove(), s)
+    return kept
+
+
+def tailor_language_model(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> int:
+    """Decoder layer after decoder layer, as SparseGPT: the inputs of layer i are the outputs of the tailored
+    layers before it; all Linears of one layer are tailored from one pass of its inputs."""
+    mods = modules_of(ft)
+    layers = module_at(ft, mods.language).layers
+    pre_layers = module_at(pre, mods.language).layers
+    scope = parse_layers(s.layers, len(layers))
+    names = set(s.modules.split(",")) if s.modules else None
+    captured: list[tuple[tuple, dict]] = []
+
+    def capture(_, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    _run(ft, batches, stop_at=layers[scope[0]], capture=capture)
+    masks = [b.get("attention_mask") for b in batches]
+    kept = 0
+    for i in range(scope[0], scope[-1] + 1):
+        layer = layers[i]
+        if i in scope:
+            hooks = {name: HessianHook(linear) for name, linear in linears(layer, names)}
+            with torch.no_grad():
+                for (args, kwargs), mask in zip(captured, masks):
+                    for hook in hooks.values():
+                        hook.mask = mask
+                    layer(*args, **kwargs)
+            for name, hook in hooks.items():
+                kept += tailor_linear(pre_layers[i].get_submodule(name), layer.get_submodule(name), hook.remove(), s)
+        with torch.no_grad():
+            for j, (args, kwargs) in enumerate(captured):
+                out = layer(*args, **kwargs)
+                hidden = out[0] if isinstance(out, tuple) else out
+                captured[j] = ((hidden, *args[1:]), kwargs) if args else ((), {**kwargs, "hidden_states": hidden})
+    return kept
+
+
+def tailor(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> dict:
+    """Model Tailor on one fine-tune, in place: the projector as `s.projector` says, then the language model."""
+    mods = modules_of(ft)
+    kept = 0
+    if s.projector == "reset":
+        module_at(ft, mods.projector).load_state_dict(module_at(pre, mods.projector).state_dict())
+    elif s.projector == "tailor":
+        kept += tailor_projector(pre, ft, batches, s)
+    kept += tailor_language_model(pre, ft, batches, s)
+    return {"kept_entries": kept}
+
+
+def build_patch(base_model: str, checkpoints: list[str], datasets: list[str], mitigation: str, settings: dict,
+                out: str | Path, meta: dict | None = None, dtype: str = "auto") -> Path:
+    """Write the patch of `mitigation` (with `settings`) of the fine-tunes `checkpoints` (tuned on `datasets`) of
+    `base_model` to `out`, atomically: a directory that exists is complete."""
+    # --- setup -----------------------------------------------------------------------------------------------------
+    out = Path(out)
+    started = time.perf_counter()
+    spec = MITIGATIONS.get(mitigation)
+    s = spec.settings(**settings)
+    for checkpoint in checkpoints:
+        check_checkpoint(checkpoint, base_model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base, processor = load_model_and_processor(base_model, device=device, dtype=dtype)
+    pre = parameters(base)
+    fine_tuned = [merged(base, c) for c in checkpoints]
+
+    # --- mitigate --------------------------------------------------------------------------------------------------
+    stats: dict = {}
+    if mitigation in ("tailor", "tailor_multi"):
+        for ft, dataset in zip(fine_tuned, datasets):
+            stats[dataset] = tailor(base, ft, calibration_batches(dataset, processor, s, device), s)
+    weights = [parameters(ft) for ft in fine_tuned]
+    names = sorted({n for w in weights for n in changed(pre, w)})
+    if mitigation == "dare":
+        torch.manual_seed(s.seed)
+    new = {}
+    with torch.no_grad():
+        for name in names:
+            p, fts = pre[name].float(), [w[name].float() for w in weights]
+            if mitigation == "tailor":
+                value = fts[0]
+            elif mitigation == "tailor_multi":
+                value = p + sum(ft - p for ft in fts)
+            elif mitigation == "wise_ft":
+                value = wise_ft(p, fts[0], s)
+            elif mitigation == "dare":
+                value = dare(p, fts[0], s)
+            elif mitigation == "task_arithmetic":
+                value = task_arithmetic(p, fts, s)
+            else:
+                value = ties(p, fts, s)
+            new[name] = value.to(pre[name].dtype)
+
+    # --- save ------------------------------------------------------------------------------------------------------
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_patch(tmp, new, pre, base_model, {
+        **(meta or {}), "mitigation": mitigation, "settings": s.model_dump(), "sources": list(checkpoints),
+        "datasets": list(datasets), "stats": stats, "seconds": round(time.perf_counter() - started, 2)})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def patch_info(path: str | Path) -> dict:
+    return json.loads((Path(path) / "emt_adapter.json").read_text())
