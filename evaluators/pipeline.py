@@ -5,12 +5,11 @@ results on the driver as batches finish.
                  --iter_batches--> judge --> parts/*.parquet   (resume = skip keys already written)
 
 A model that runs elsewhere (an OpenAI-compatible endpoint, a Serve app) is asked from CPU tasks instead of
-actors: pooled workers keep their client (`remote_answers`), where every evaluation's actors would each start a
+actors (`remote_answers`): pooled workers keep their imports, where every evaluation's actors would each start a
 process.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -119,16 +118,12 @@ class EngineReplica:
                 .append_column("finish_reason", pa.array(finish, pa.string())))
 
 
-@functools.lru_cache(maxsize=8)
-def _remote_replica(settings: str) -> EngineReplica:
-    return EngineReplica(**json.loads(settings))
-
-
 def remote_answers(batch: pa.Table, settings: str) -> pa.Table:
-    """EngineReplica's answers from a Ray task, for a model that runs elsewhere. The worker keeps the client between
-    tasks, evaluations and rows, so a tuning study's many short evaluations do not each start processes that import
-    torch and Serve (measured on 2 cores: ~7 s of CPU per evaluation, about a sixth of the tiny study's)."""
-    return _remote_replica(settings)(batch)
+    """EngineReplica's answers from a Ray task, for a model that runs elsewhere. A pooled worker keeps its imports
+    (torch, Serve) between tasks, evaluations and rows, where every evaluation's actors would start processes that
+    import them again (measured on 2 cores: ~7 s of CPU per evaluation, about a sixth of the tiny study's). The client
+    itself is made per batch (cheap); workers are pooled per Serve deployment (serving.serve_app.app_generation)."""
+    return EngineReplica(**json.loads(settings))(batch)
 
 
 @dataclass
@@ -241,9 +236,14 @@ def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
     decoded = ray.data.from_arrow(blocks).map_batches(decode_images, batch_format="pyarrow", batch_size=None,
                                                       num_cpus=0.5)
     if cfg.model.backend in REMOTE_BACKENDS:
+        env = {}
+        if cfg.model.backend == "serve":
+            from serving.serve_app import app_generation
+
+            env["EMT_SERVE_APP"] = app_generation(cfg.model.app)
         return decoded.map_batches(remote_answers, fn_kwargs=dict(settings=json.dumps(settings, sort_keys=True)),
                                    concurrency=cfg.compute.replicas, batch_size=cfg.compute.batch_size,
-                                   batch_format="pyarrow", num_cpus=0.25)
+                                   batch_format="pyarrow", num_cpus=0.25, runtime_env={"env_vars": env})
     gpus = gpus_per_replica(cfg.compute.gpus_per_replica)
     return decoded.map_batches(
         EngineReplica,

@@ -323,6 +323,14 @@ def build_app(config: ServeConfig) -> serve.Application:
     return ingress.bind(server, config)
 
 
+def app_generation(app_name: str) -> str:
+    """`app@<when it was last deployed>`: callers that keep Serve handles in pooled Ray workers put it in their
+    runtime env, so a worker that talked to an earlier deployment (or to a Serve since restarted, whose dead
+    controller that worker's Serve client still holds) is never reused for this one."""
+    status = serve.status().applications.get(app_name)
+    return f"{app_name}@{status.last_deployed_time_s if status else 0}"
+
+
 def serve_running(app_name: str = "emt") -> DeploymentHandle:
     """The ModelServer handle of a running app, for callers that send whole batches (`generate_batch`)."""
     return serve.get_deployment_handle(MODEL_SERVER, app_name=app_name)

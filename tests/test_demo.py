@@ -18,6 +18,8 @@ TUNE = {
     "search": {"space": {"method": ["linear"], "train_dataset": ["digits"], "epochs": 1, "batch_size": 8,
                          "lr": 0.002, "projector_lr": 0.002}},
     "resources": {"max_concurrent_trials": 1, "max_failures": 0},
+    "mitigations": {"methods": [{"name": "tailor", "projector": "tailor", "calibration_batches": 2,
+                                 "calibration_batch_size": 8}, {"name": "wise_ft", "alpha": 0.5}]},
     "out": "unused",
 }
 
@@ -31,7 +33,9 @@ def test_demo_runs_the_whole_study_then_reuses_it(ray_session, trained_base, tmp
     out = capsys.readouterr().out
     demo = tmp_path / "demo"
     matrix = pq.read_table(demo / "matrix.parquet").to_pylist()
-    assert {(r["method"], r["epoch"]) for r in matrix} == {("base", None), ("linear", 1)}
+    assert {(r["method"], r["epoch"], r["mitigation"]) for r in matrix} == {
+        ("base", None, "none"), ("linear", 1, "none"), ("linear", 1, "tailor"), ("linear", 1, "wise_ft")}
+    assert "## Mitigations" in (demo / "matrix.md").read_text() and "H-score" in (demo / "report.html").read_text()
     assert {r["eval_dataset"] for r in matrix} == {"digits", "colors"}
     assert (demo / "report.html").stat().st_size > 0 and (demo / "baseline" / "summary.json").is_file()
     assert (tmp_path / "base" / "mllm" / "config.json").is_file() and (tmp_path / "base" / "clip" / "config.json").is_file()
@@ -40,5 +44,20 @@ def test_demo_runs_the_whole_study_then_reuses_it(ray_session, trained_base, tmp
     assert base["digits"] >= 0.5 and base["colors"] >= 0.5, base
 
     parts = sorted(demo.glob("evals/*/parts/*.parquet"))
+    patches = {p: p.stat().st_mtime_ns for p in demo.glob("train/mitigations/*/patch.safetensors")}
+    assert len(patches) == 2
     assert main(args) == 0
     assert sorted(demo.glob("evals/*/parts/*.parquet")) == parts, "the second demo evaluated nothing again"
+    assert {p: p.stat().st_mtime_ns for p in demo.glob("train/mitigations/*/patch.safetensors")} == patches, \
+        "the second demo rebuilt a patch"
+
+    # `emt mitigate` adds rows to the finished run, evaluating nothing it already has
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"mitigations": {"methods": [{"name": "dare", "drop": 0.5}]}}))
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"mitigations": {"methods": [{"name": "tailr"}]}}))
+    assert main(["mitigate", str(demo), "--config", str(tmp_path / "typo.yaml")]) == 2
+    assert "Did you mean 'tailor'" in capsys.readouterr().err
+    assert main(["mitigate", str(demo), "--config", str(tmp_path / "more.yaml")]) == 0
+    matrix = pq.read_table(demo / "matrix.parquet").to_pylist()
+    assert {r["mitigation"] for r in matrix} == {"none", "tailor", "wise_ft", "dare"}
+    assert set(parts) < set(demo.glob("evals/*/parts/*.parquet"))
+    assert {p: p.stat().st_mtime_ns for p in demo.glob("train/mitigations/*/patch.safetensors")}.items() > patches.items()

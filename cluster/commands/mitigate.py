@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from cluster.commands.evaluate import print_log_path
+from cluster.commands.tune import print_study
 from serving import terminal
 
 TAILOR_FLAGS = ("keep", "fusion", "block_size", "damping", "sensitivity", "compensation", "selection", "projector",
@@ -58,10 +58,7 @@ def run_mitigate(args: argparse.Namespace) -> int:
     cfg = parse_config(TuneConfig, None, {**stored, "mitigations": mitigations, "out": str(out)})
     init_ray(args.address or cfg.address, cfg.num_cpus)
     terminal.say(f"mitigate: the mitigations of {args.config} for the checkpoints of {out}")
-    run_mitigations(cfg)
-    terminal.say((out / "matrix.md").read_text())
-    terminal.say(f"matrix: {out}/matrix.parquet, {out}/matrix.csv, {out}/matrix.md; report: {out}/report.html")
-    print_log_path()
+    print_study(run_mitigations(cfg))
     return 0
 
 

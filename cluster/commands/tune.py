@@ -23,11 +23,15 @@ def run_tune(args: argparse.Namespace, overrides: dict | None = None) -> int:
     datasets = ", ".join(d.name for d in cfg.eval.datasets)
     terminal.say(f"tune: {'resuming' if args.resume else 'training'} the trials of {args.config} into {cfg.out}; "
                  f"each checkpoint is evaluated on {datasets} as it lands")
-    out = run_experiment(cfg, resume=args.resume)
+    print_study(run_experiment(cfg, resume=args.resume))
+    return 0
+
+
+def print_study(out) -> None:
+    """The matrix as a table, then where its files, the report and the logs are."""
     terminal.say((out / "matrix.md").read_text())
     terminal.say(f"matrix: {out}/matrix.parquet, {out}/matrix.csv, {out}/matrix.md; report: {out}/report.html")
     print_log_path()
-    return 0
 
 
 def register(sub) -> None:

@@ -28,7 +28,10 @@ from tuners.mitigations.settings import TailorSettings
 
 
 def _zscore(x: torch.Tensor) -> torch.Tensor:
-    """Per row; a row with no spread scores 0 everywhere instead of NaN."""
+    """Per row; a row with no spread scores 0 everywhere instead of NaN. A block of one column (a bias past the last
+    full block) has no row spread, so it is scored over its rows instead."""
+    if x.shape[1] < 2:
+        return _zscore(x.T).T
     std = x.std(dim=1, keepdim=True)
     return torch.where(std > 0, (x - x.mean(dim=1, keepdim=True)) / std.clamp_min(1e-30), torch.zeros_like(x))
 
