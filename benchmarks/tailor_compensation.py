@@ -35,12 +35,10 @@ def augmented(linear):
 
 
 def main() -> None:
-    import torch
-
     from serving.transformers_engine import load_model_and_processor
-    from tuners.mitigations.build import _run, calibration_batches
+    from tuners.mitigations.build import _run, calibration_batches, fine_tuned_linears
     from tuners.mitigations.settings import TailorSettings
-    from tuners.mitigations.tailor import HessianHook, linears, tailor_weight
+    from tuners.mitigations.tailor import HessianHook, tailor_weight
     from tuners.mitigations.weights import merged
     from tuners.rows import checkpoint_rows
 
@@ -65,10 +63,7 @@ def main() -> None:
         s = TailorSettings(keep=args.keep, calibration_batches=args.batches, calibration_batch_size=8)
         batches = calibration_batches(row.train_dataset, processor, s, "cpu")
         pre_modules = dict(base.named_modules())
-        hooks = {}
-        for name, linear in linears(ft, None):
-            if not torch.equal(augmented(linear), augmented(pre_modules[name])):
-                hooks[name] = HessianHook(linear)
+        hooks = {name: HessianHook(ft.get_submodule(name)) for name in fine_tuned_linears(base, ft, None)}
         _run(ft, batches, stop_at=ft.lm_head)  # every hooked Linear sees the batches once
         errors = {"subtract": [], "none": [], "add": []}
         for name, hook in hooks.items():

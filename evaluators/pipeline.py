@@ -118,12 +118,12 @@ class EngineReplica:
                 .append_column("finish_reason", pa.array(finish, pa.string())))
 
 
-def remote_answers(batch: pa.Table, settings: str) -> pa.Table:
+def remote_answers(batch: pa.Table, settings: dict) -> pa.Table:
     """EngineReplica's answers from a Ray task, for a model that runs elsewhere. A pooled worker keeps its imports
     (torch, Serve) between tasks, evaluations and rows, where every evaluation's actors would start processes that
     import them again (measured on 2 cores: ~7 s of CPU per evaluation, about a sixth of the tiny study's). The client
     itself is made per batch (cheap); workers are pooled per Serve deployment (serving.serve_app.app_generation)."""
-    return EngineReplica(**json.loads(settings))(batch)
+    return EngineReplica(**settings)(batch)
 
 
 @dataclass
@@ -241,7 +241,7 @@ def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
             from serving.serve_app import app_generation
 
             env["EMT_SERVE_APP"] = app_generation(cfg.model.app)
-        return decoded.map_batches(remote_answers, fn_kwargs=dict(settings=json.dumps(settings, sort_keys=True)),
+        return decoded.map_batches(remote_answers, fn_kwargs=dict(settings=settings),
                                    concurrency=cfg.compute.replicas, batch_size=cfg.compute.batch_size,
                                    batch_format="pyarrow", num_cpus=0.25, runtime_env={"env_vars": env})
     gpus = gpus_per_replica(cfg.compute.gpus_per_replica)

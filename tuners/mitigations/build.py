@@ -61,12 +61,26 @@ def _run(model: torch.nn.Module, batches: list[dict], stop_at: torch.nn.Module, 
         handle.remove()
 
 
+def fine_tuned_linears(pre: torch.nn.Module, ft: torch.nn.Module, names: set[str] | None) -> list[str]:
+    """The Linears of `ft` (by name under it) that the fine-tune changed: the others have nothing to tailor, and a
+    projector-only checkpoint leaves every Linear of the language model as it was."""
+    pre_modules = dict(pre.named_modules())
+    changed = []
+    for name, linear in linears(ft, names):
+        before = pre_modules[name]
+        if not torch.equal(linear.weight, before.weight) or (
+                linear.bias is not None and not torch.equal(linear.bias, before.bias)):
+            changed.append(name)
+    return changed
+
+
 def tailor_projector(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> int:
     """Each projector Linear in turn, its Hessian from the inputs the already-tailored ones give it."""
     mods = modules_of(ft)
     projector, pre_projector = module_at(ft, mods.projector), module_at(pre, mods.projector)
     kept = 0
-    for name, linear in list(linears(projector, None)):
+    for name in fine_tuned_linears(pre_projector, projector, None):
+        linear = projector.get_submodule(name)
         hook = HessianHook(linear)
         _run(ft, batches, stop_at=projector)
         kept += tailor_linear(pre_projector.get_submodule(name), linear, hook.remove(), s)
@@ -79,8 +93,11 @@ def tailor_language_model(pre: torch.nn.Module, ft: torch.nn.Module, batches: li
     mods = modules_of(ft)
     layers = module_at(ft, mods.language).layers
     pre_layers = module_at(pre, mods.language).layers
-    scope = parse_layers(s.layers, len(layers))
     names = set(s.modules.split(",")) if s.modules else None
+    todo = {i: fine_tuned_linears(pre_layers[i], layers[i], names) for i in parse_layers(s.layers, len(layers))}
+    scope = [i for i, changed in todo.items() if changed]
+    if not scope:
+        return 0
     captured: list[tuple[tuple, dict]] = []
 
     def capture(_, args, kwargs):
@@ -93,7 +110,7 @@ def tailor_language_model(pre: torch.nn.Module, ft: torch.nn.Module, batches: li
     for i in range(scope[0], scope[-1] + 1):
         layer = layers[i]
         if i in scope:
-            hooks = {name: HessianHook(linear) for name, linear in linears(layer, names)}
+            hooks = {name: HessianHook(layer.get_submodule(name)) for name in todo[i]}
             with torch.no_grad():
                 for (args, kwargs), mask in zip(captured, masks):
                     for hook in hooks.values():
