@@ -145,7 +145,7 @@ class CheckpointEvaluator:
                 self._run_first()
                 self._final = True
                 self.evaluate_pending()
-                if self.builder is not None:
+                while self.builder is not None and self.builder.pending:  # each patch evaluated as it is built
                     self.builder.poll(wait=True)
                     self.evaluate_pending()
         finally:

@@ -2,7 +2,6 @@
 mitigate, save - read top to bottom."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -190,7 +189,3 @@ def build_patch(base_model: str, checkpoints: list[str], datasets: list[str], mi
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
-
-
-def patch_info(path: str | Path) -> dict:
-    return json.loads((Path(path) / "emt_adapter.json").read_text())

@@ -149,11 +149,12 @@ class Builder:
             self.pending[ref] = job
 
     def poll(self, wait: bool = False) -> None:
-        """Collect finished builds (all of them with `wait`)."""
+        """Collect finished builds; with `wait`, first wait until at least one has finished."""
         if not self.pending:
             return
-        refs = list(self.pending)
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+        if wait:
+            ray.wait(list(self.pending), num_returns=1)
+        done, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
         for ref in done:
             job = self.pending.pop(ref)
             try:
