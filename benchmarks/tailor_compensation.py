@@ -26,19 +26,11 @@ def relative_error(w, w_ft, h) -> float:
     return float(((d @ h) * d).sum() / ((ref @ h) * ref).sum())
 
 
-def augmented(linear):
-    """[W | b]: the bias is the column whose input is 1, as tailoring treats it."""
-    import torch
-
-    w = linear.weight.data
-    return w if linear.bias is None else torch.cat([w, linear.bias.data[:, None]], dim=1)
-
-
 def main() -> None:
     from serving.transformers_engine import load_model_and_processor
     from tuners.mitigations.build import _run, calibration_batches, fine_tuned_linears
     from tuners.mitigations.settings import TailorSettings
-    from tuners.mitigations.tailor import HessianHook, tailor_weight
+    from tuners.mitigations.tailor import HessianHook, tailor_weight, with_bias
     from tuners.mitigations.weights import merged
     from tuners.rows import checkpoint_rows
 
@@ -68,9 +60,9 @@ def main() -> None:
         errors = {"subtract": [], "none": [], "add": []}
         for name, hook in hooks.items():
             h = hook.remove()
-            w_ft = augmented(dict(ft.named_modules())[name])
+            w_ft = with_bias(dict(ft.named_modules())[name])
             for sign in errors:
-                w, _ = tailor_weight(augmented(pre_modules[name]), w_ft,
+                w, _ = tailor_weight(with_bias(pre_modules[name]), w_ft,
                                      h.float(), s.model_copy(update={"compensation": sign}))
                 errors[sign].append(relative_error(w, w_ft, h))
         mean = {k: sum(v) / max(len(v), 1) for k, v in errors.items()}

@@ -113,6 +113,36 @@ def load_patch(path: str | Path) -> dict[str, torch.Tensor | tuple[torch.Tensor,
     return patch
 
 
+def write_patch(model: torch.nn.Module, patch: dict) -> list[tuple]:
+    """Write a patch's values (as `load_patch` gives them) into `model`'s parameters; returns what `undo_patch`
+    needs to put exactly the old values back. A failure part-way puts back what was written."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for name, value in patch.items():
+                flat = patched_parameter(model, name).data.view(-1)
+                if isinstance(value, tuple):
+                    index = value[0].to(flat.device)
+                    saved.append((flat, index, flat[index].clone()))
+                    flat[index] = value[1].to(flat)
+                else:
+                    saved.append((flat, None, flat.clone()))
+                    flat.copy_(value.reshape(-1).to(flat))
+    except BaseException:
+        undo_patch(saved)
+        raise
+    return saved
+
+
+def undo_patch(saved: list[tuple]) -> None:
+    with torch.no_grad():
+        for flat, index, old in reversed(saved):
+            if index is None:
+                flat.copy_(old)
+            else:
+                flat[index] = old
+
+
 def patched_parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
     """The parameter of the base model called `name`, also under peft's wrappers (a LoRA layer's `base_layer`, a
     `modules_to_save` module's `original_module`), which a server holding LoRA adapters has put around it."""

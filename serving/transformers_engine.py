@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from serving.adapters import adapter_kind, load_patch, load_projector_state, patched_parameter, projector_module
+from serving.adapters import (adapter_kind, load_patch, load_projector_state, patched_parameter, projector_module,
+                              undo_patch, write_patch)
 from serving.config import ModelConfig, SamplingParams
 from serving.engine import Engine, Generation, GenerationRequest
 from serving.locate import model_source
@@ -176,26 +177,11 @@ class TransformersEngine(Engine):
     @contextlib.contextmanager
     def _patched(self, patch: dict) -> Iterator[None]:
         """The patch's values written into the base parameters, and exactly the old values back afterwards."""
-        saved = []
+        saved = write_patch(self.model, patch)
         try:
-            with torch.no_grad():
-                for pname, value in patch.items():
-                    flat = patched_parameter(self.model, pname).data.view(-1)
-                    if isinstance(value, tuple):
-                        index, values = value
-                        saved.append((flat, index, flat[index].clone()))
-                        flat[index] = values
-                    else:
-                        saved.append((flat, None, flat.clone()))
-                        flat.copy_(value.view(-1))
             yield
         finally:
-            with torch.no_grad():
-                for flat, index, old in reversed(saved):
-                    if index is None:
-                        flat.copy_(old)
-                    else:
-                        flat[index] = old
+            undo_patch(saved)
 
     def unload_adapter(self, name: str) -> None:
         if name in self._projectors:

@@ -16,16 +16,12 @@ from tuners.methods import modules_of
 from tuners.mitigations import MITIGATIONS
 from tuners.mitigations.merging import dare, task_arithmetic, ties, wise_ft
 from tuners.mitigations.settings import TailorSettings, parse_layers
-from tuners.mitigations.tailor import HessianHook, linears, tailor_linear
+from tuners.mitigations.tailor import HessianHook, linears, tailor_linear, with_bias
 from tuners.mitigations.weights import changed, check_checkpoint, merged, parameters
 
 
 class _Stop(Exception):
     """Ends a calibration forward pass once the inputs it was run for are captured."""
-
-
-def module_at(model: torch.nn.Module, path: str) -> torch.nn.Module:
-    return model.get_submodule(path)
 
 
 def calibration_batches(dataset: str, processor, s: TailorSettings, device) -> list[dict]:
@@ -66,9 +62,7 @@ def fine_tuned_linears(pre: torch.nn.Module, ft: torch.nn.Module, names: set[str
     pre_modules = dict(pre.named_modules())
     changed = []
     for name, linear in linears(ft, names):
-        before = pre_modules[name]
-        if not torch.equal(linear.weight, before.weight) or (
-                linear.bias is not None and not torch.equal(linear.bias, before.bias)):
+        if not torch.equal(with_bias(linear), with_bias(pre_modules[name])):
             changed.append(name)
     return changed
 
@@ -76,7 +70,7 @@ def fine_tuned_linears(pre: torch.nn.Module, ft: torch.nn.Module, names: set[str
 def tailor_projector(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> int:
     """Each projector Linear in turn, its Hessian from the inputs the already-tailored ones give it."""
     mods = modules_of(ft)
-    projector, pre_projector = module_at(ft, mods.projector), module_at(pre, mods.projector)
+    projector, pre_projector = ft.get_submodule(mods.projector), pre.get_submodule(mods.projector)
     kept = 0
     for name in fine_tuned_linears(pre_projector, projector, None):
         linear = projector.get_submodule(name)
@@ -90,8 +84,8 @@ def tailor_language_model(pre: torch.nn.Module, ft: torch.nn.Module, batches: li
     """Decoder layer after decoder layer, as SparseGPT: the inputs of layer i are the outputs of the tailored
     layers before it; all Linears of one layer are tailored from one pass of its inputs."""
     mods = modules_of(ft)
-    layers = module_at(ft, mods.language).layers
-    pre_layers = module_at(pre, mods.language).layers
+    layers = ft.get_submodule(mods.language).layers
+    pre_layers = pre.get_submodule(mods.language).layers
     names = set(s.modules.split(",")) if s.modules else None
     todo = {i: fine_tuned_linears(pre_layers[i], layers[i], names) for i in parse_layers(s.layers, len(layers))}
     scope = [i for i, changed in todo.items() if changed]
@@ -130,7 +124,7 @@ def tailor(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: Ta
     mods = modules_of(ft)
     kept = 0
     if s.projector == "reset":
-        module_at(ft, mods.projector).load_state_dict(module_at(pre, mods.projector).state_dict())
+        ft.get_submodule(mods.projector).load_state_dict(pre.get_submodule(mods.projector).state_dict())
     elif s.projector == "tailor":
         kept += tailor_projector(pre, ft, batches, s)
     kept += tailor_language_model(pre, ft, batches, s)

@@ -89,14 +89,16 @@ def tailor_weight(w_pre: torch.Tensor, w_ft: torch.Tensor, hessian: torch.Tensor
     return w.to(w_ft.dtype), kept
 
 
+def with_bias(linear: torch.nn.Linear) -> torch.Tensor:
+    """[W | b]: the bias as the column whose input is always 1 (W itself when there is no bias)."""
+    w = linear.weight.data
+    return w if linear.bias is None else torch.cat([w, linear.bias.data[:, None]], dim=1)
+
+
 def tailor_linear(pre: torch.nn.Linear, ft: torch.nn.Linear, hessian: torch.Tensor, s: TailorSettings) -> int:
     """Tailor `ft` in place (weight, and bias as an input column of ones); `hessian` includes that column when there
     is a bias. Returns how many entries were kept."""
-    w_pre, w_ft = pre.weight.data, ft.weight.data
-    if ft.bias is not None:
-        w_pre = torch.cat([w_pre, pre.bias.data[:, None]], dim=1)
-        w_ft = torch.cat([w_ft, ft.bias.data[:, None]], dim=1)
-    w, kept = tailor_weight(w_pre, w_ft, hessian, s)
+    w, kept = tailor_weight(with_bias(pre), with_bias(ft), hessian, s)
     if ft.bias is not None:
         ft.bias.data.copy_(w[:, -1])
         w = w[:, :-1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from serving.adapters import (LORA_CONFIG, adapter_kind, adapter_meta, load_patch, load_projector_state,
-                              patched_parameter, projector_module)
+                              projector_module, write_patch)
 from serving.engine import model_fingerprint
 from serving.errors import EMTError
 
@@ -50,13 +50,7 @@ def merged(base: torch.nn.Module, checkpoint: str | Path) -> torch.nn.Module:
     if kind == "projector":
         projector_module(model).load_state_dict(load_projector_state(checkpoint))
     elif kind == "patch":
-        with torch.no_grad():
-            for name, value in load_patch(checkpoint).items():
-                flat = patched_parameter(model, name).data.view(-1)
-                if isinstance(value, tuple):
-                    flat[value[0].to(flat.device)] = value[1].to(flat)
-                else:
-                    flat.copy_(value.reshape(-1).to(flat))
+        write_patch(model, load_patch(checkpoint))
     else:
         from peft import PeftModel
 
