@@ -6,6 +6,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from serving.config import ModelConfig, ReplicaConfig, SamplingParams, StrictModel
+from serving.storage import OutPath
 
 
 class DatasetConfig(StrictModel):
@@ -72,7 +73,7 @@ class EvalConfig(_Datasets):
     judges: list[str] = Field(default_factory=lambda: ["rule"], min_length=1,
                               description="judges to run; the first fills `correct` / `category`")
     judge: JudgeConfig = JudgeConfig()
-    out: Path
+    out: OutPath
 
     @field_validator("judges")
     @classmethod
@@ -86,4 +87,4 @@ class BaselineConfig(_Datasets):
 
     clip: ModelConfig
     compute: ComputeConfig = ComputeConfig()
-    out: Path
+    out: OutPath

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from PIL import Image
 from tqdm import tqdm
@@ -167,7 +166,7 @@ def finished_keys(store: ResultStore) -> set[str]:
     retries) may succeed later, so a rerun asks it again, and its new row replaces the error row."""
     done = set()
     for part in store.part_files():  # two columns, not the answers: a resume of a large run reads little
-        table = pq.read_table(part, columns=["key", "error"])
+        table = part.read_parquet(columns=["key", "error"])
         done.update(k for k, e in zip(table.column("key").to_pylist(), table.column("error").to_pylist())
                     if e is None or e.startswith(CORRUPT_IMAGE))
     return done
@@ -253,6 +252,7 @@ def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
         batch_format="pyarrow",
         num_cpus=cfg.compute.cpus_per_replica,
         num_gpus=gpus or None,
+        resources=cfg.compute.resources or None,
     )
 
 

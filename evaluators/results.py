@@ -8,51 +8,32 @@ Layout of an output directory:
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
 from serving.errors import EMTError
+from serving.storage import Location
 
 RUN_FILE = "run.json"
 LEADING_COLUMNS = ("dataset", "sample_id", "label", "label_name", "prompt", "output", "correct", "category", "error",
                    "model")
 
 
-def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Readers see the old file or the new one, never half of one (a killed run leaves no torn file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    atomic_write_bytes(text.encode(), path)
-
-
 class ResultStore:
     """Append-only parts plus a manifest that refuses to mix results of different runs in one directory."""
 
-    def __init__(self, out: Path, identity: dict) -> None:
-        self.out = Path(out)
+    def __init__(self, out: str | Location, identity: dict) -> None:
+        self.out = Location(out)
         self.parts = self.out / "parts"
         self._check_identity(identity)
-        self.parts.mkdir(parents=True, exist_ok=True)
+        self.parts.mkdir()
 
     def _check_identity(self, identity: dict) -> None:
         run_file = self.out / RUN_FILE
-        if run_file.exists():
+        if run_file.is_file():
             stored = json.loads(run_file.read_text())
             diff = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
             if diff:
@@ -62,20 +43,19 @@ class ResultStore:
                     "Use a new --out directory, or delete this one to start over"
                 )
             return
-        if self.out.exists() and any(self.out.iterdir()):
+        if not self.out.is_empty():
             raise EMTError(
                 f"output directory {self.out} is not empty and is not an EMT results directory (no {RUN_FILE}). "
                 "Use a new or empty --out directory"
             )
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(identity, indent=2, sort_keys=True), run_file)
+        run_file.write_text(json.dumps(identity, indent=2, sort_keys=True))
 
-    def part_files(self) -> list[Path]:
-        return sorted(self.parts.glob("part-*.parquet"))
+    def part_files(self) -> list[Location]:
+        return self.parts.glob("part-*.parquet")
 
-    def write_part(self, table: pa.Table) -> Path:
+    def write_part(self, table: pa.Table) -> Location:
         path = self.parts / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        atomic_write_parquet(table, path)
+        path.write_parquet(table)
         return path
 
     def read_all(self) -> pa.Table | None:
@@ -83,7 +63,7 @@ class ResultStore:
         files = self.part_files()
         if not files:
             return None
-        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+        table = pa.concat_tables([f.read_parquet() for f in files], promote_options="default")
         keys = table.column("key").to_pylist()
         last = {k: i for i, k in enumerate(keys)}
         if len(last) == len(keys):
@@ -102,7 +82,7 @@ class ResultStore:
         """samples.parquet: the run's rows, most-read columns first."""
         lead = [c for c in LEADING_COLUMNS if c in table.column_names]
         table = table.select(lead + [c for c in table.column_names if c not in lead])
-        atomic_write_parquet(table, self.out / "samples.parquet")
+        (self.out / "samples.parquet").write_parquet(table)
         return table
 
     def consolidate(self, keys: list[str]) -> pa.Table:

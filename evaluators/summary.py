@@ -10,13 +10,12 @@ import math
 import platform
 from importlib import metadata
 from itertools import combinations
-from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
 
 from evaluators.judges import CATEGORIES, JUDGE_FAILED
-from evaluators.results import atomic_write_text
+from serving.storage import Location
 
 VERSIONED = ("emt-cluster", "ray", "torch", "transformers", "peft", "pyarrow")
 
@@ -127,8 +126,9 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: Path, samples: pa.Table, model: str, config: dict) -> dict:
+def write_summary(out: str | Location, samples: pa.Table, model: str, config: dict) -> dict:
     summary = {"model": model, "datasets": summarize(samples), "config": config, "versions": versions()}
-    atomic_write_text(json.dumps(summary, indent=2, default=str), Path(out) / "summary.json")
-    atomic_write_text(render_markdown(summary), Path(out) / "summary.md")
+    out = Location(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.md").write_text(render_markdown(summary))
     return summary

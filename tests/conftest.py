@@ -2,12 +2,61 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub from the suite
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The storage tests' S3 is moto's server on loopback (the `s3_bucket` fixture). Its AWS environment is set before any
+# Ray starts, so every process of the session (Train's checkpoint writers, Serve replicas, jobs) reaches the same
+# store, as a real cluster's nodes share one; and a developer's real AWS credentials are never used by the suite.
+S3_PORT = free_port()
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="emt-test",
+                  AWS_SECRET_ACCESS_KEY="emt-test", AWS_DEFAULT_REGION="us-east-1")
+for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_key, None)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server mode on loopback, started once per session when a test needs it."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    while True:  # until it accepts connections (a readiness signal; pytest's timeout bounds a server that hangs)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{S3_PORT}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A new, empty bucket of the loopback S3: its s3:// URI."""
+    import pyarrow.fs as pafs
+
+    name = f"emt-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="session")

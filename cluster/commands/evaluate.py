@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Callable, TypeVar
 
 from cluster import console
@@ -10,6 +9,7 @@ from serving import terminal
 from serving.engine import REMOTE_BACKENDS
 from serving.errors import EMTError
 from serving.locate import model_source
+from serving.storage import Location
 
 M = TypeVar("M")
 
@@ -26,9 +26,22 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per model call on a replica")
     p.add_argument("--replicas", type=int, help="model replicas (Ray Data actors)")
     p.add_argument("--gpus-per-replica", type=float, help="GPUs per replica (default: 1 if the cluster has GPUs)")
+    p.add_argument("--replica-resources", action="append", type=resource_pair, metavar="NAME=AMOUNT",
+                   help="a custom Ray resource each replica needs (e.g. eval_node=1); repeat for several")
     p.add_argument("--address", help="Ray cluster address (default RAY_ADDRESS or a new local Ray)")
     p.add_argument("--num-cpus", type=int, help="logical CPUs for a new local Ray")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def resource_pair(text: str) -> tuple[str, float]:
+    """`NAME=AMOUNT` of a --replica-resources flag."""
+    name, sep, amount = text.partition("=")
+    try:
+        if sep and name:
+            return name, float(amount)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"wants NAME=AMOUNT (e.g. eval_node=1), got '{text}'")
 
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:
@@ -67,7 +80,8 @@ def run_overrides(args: argparse.Namespace) -> dict:
         "datasets": datasets,
         "out": args.out,
         "compute": {"batch_size": args.batch_size, "replicas": args.replicas,
-                    "gpus_per_replica": args.gpus_per_replica, "address": args.address, "num_cpus": args.num_cpus},
+                    "gpus_per_replica": args.gpus_per_replica, "address": args.address, "num_cpus": args.num_cpus,
+                    "resources": dict(args.replica_resources) if args.replica_resources else None},
     }
 
 
@@ -103,6 +117,7 @@ def start_run(config_cls: type[M], args: argparse.Namespace, overrides: dict,
     if args.config is None and args.datasets is None:
         raise EMTError("no dataset given: pass --dataset NAME (see `emt datasets`) or --config FILE")
     cfg = parse_config(config_cls, args.config, overrides)
+    Location(cfg.out).check()
     for name, revision, what in models(cfg):
         model_source(name, revision, what=what)
     init_ray(cfg.compute.address, cfg.compute.num_cpus)
@@ -122,8 +137,8 @@ def print_log_path() -> None:
         terminal.say(f"logs: {console.log_path()}")
 
 
-def report(out: Path, summary: dict) -> int:
-    terminal.say((Path(out) / "summary.md").read_text())
+def report(out: str, summary: dict) -> int:
+    terminal.say((Location(out) / "summary.md").read_text())
     terminal.say(f"results: {out}/samples.parquet, {out}/summary.json, {out}/summary.md")
     print_log_path()
     return 0 if summary["datasets"] else 1

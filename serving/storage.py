@@ -1,0 +1,230 @@
+"""Where results live: a local directory or an object store (`s3://`, `gs://`), through pyarrow's filesystems, the
+layer Ray Tune and Ray Train use for the same URIs, so one `--out` holds Tune's state, Train's checkpoints, the
+evaluations, the matrix and the report alike.
+
+An S3 URI honours the standard AWS environment (`AWS_ENDPOINT_URL` for any S3-compatible store, credentials,
+`AWS_DEFAULT_REGION`), as pyarrow's `FileSystem.from_uri` does. A write is whole or absent: on a local disk a temporary
+file is renamed over the target; an object store's PUT is atomic already, so a killed run never leaves a torn file.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import os
+import shutil
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import AfterValidator
+
+from serving.errors import EMTError
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+
+
+def is_remote(where: str | Path) -> bool:
+    return str(where).split("://", 1)[0].lower() in REMOTE_SCHEMES and "://" in str(where)
+
+
+def normalise(where: str | Path) -> str:
+    """A config's output location as one string: an absolute local path, or a URI kept as written (a `Path` would
+    fold `s3://b/x` into `s3:/b/x`). Checks the scheme without touching the store."""
+    text = str(where)
+    if is_remote(text):
+        scheme, rest = text.split("://", 1)
+        if not rest.strip("/"):
+            raise ValueError(f"{text!r} names no bucket: use {scheme}://BUCKET/PATH")
+        return f"{scheme.lower()}://{rest.strip('/')}"
+    if "://" in text and not text.startswith("file://"):
+        raise ValueError(f"{text!r}: unsupported storage scheme; use a local path, s3://BUCKET/PATH or gs://BUCKET/PATH")
+    return str(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+OutPath = Annotated[str, AfterValidator(normalise)]  # an output directory on a local disk or in an object store
+
+
+@lru_cache(maxsize=None)
+def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
+    """One client per bucket and process (making one costs a credential lookup)."""
+    try:
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise EMTError(f"cannot open the store {scheme}://{bucket}: {err}. Check the URI and, for S3, the AWS "
+                       "environment (AWS_ENDPOINT_URL for an S3-compatible store, credentials, region)") from None
+    return fs
+
+
+class Location:
+    """A file or directory by URI or local path, with the few pathlib operations results need."""
+
+    def __init__(self, where: str | Path | Location) -> None:
+        if isinstance(where, Location):
+            self.uri, self.fs, self.path = where.uri, where.fs, where.path
+            return
+        try:
+            self.uri = normalise(where)
+        except ValueError as err:
+            raise EMTError(str(err)) from None
+        if is_remote(self.uri):
+            scheme, self.path = self.uri.split("://", 1)
+            self.fs = _filesystem(scheme, self.path.split("/", 1)[0])
+        else:
+            self.fs, self.path = pafs.LocalFileSystem(), self.uri
+
+    def _child(self, path: str) -> Location:
+        loc = object.__new__(Location)
+        loc.fs, loc.path = self.fs, path
+        loc.uri = path if self.local else f"{self.uri.split('://', 1)[0]}://{path}"
+        return loc
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __truediv__(self, name: str) -> Location:
+        return self._child(f"{self.path.rstrip('/')}/{name}")
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Location:
+        return self._child(self.path.rstrip("/").rsplit("/", 1)[0])
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:
+        return f"Location({self.uri!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    def check(self) -> None:
+        """Fail now, naming the fix, when the store cannot be read (no such bucket, no credentials, no endpoint),
+        rather than after the first hour of work."""
+        hint = ("Check the URI and, for S3, the AWS environment (AWS_ENDPOINT_URL for an S3-compatible store, "
+                "credentials, region)")
+        try:
+            self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
+            bucket = None if self.local else self.path.split("/", 1)[0]
+            missing = bucket is not None and self.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        except OSError as err:
+            raise EMTError(f"cannot read {self.uri}: {err}. {hint}") from None
+        if missing:
+            raise EMTError(f"{self.uri}: the bucket {bucket} does not exist; create it first. {hint}")
+
+    def _type(self) -> pafs.FileType:
+        return self.fs.get_file_info(self.path).type
+
+    def exists(self) -> bool:
+        return self._type() != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._type() == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._type() == pafs.FileType.Directory
+
+    def mkdir(self) -> None:
+        """A local directory (and its parents); object stores have no directories to make."""
+        if self.local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Readers see the old file or the new one, never half of one."""
+        if not self.local:
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(data)
+            return
+        target = Path(self.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path, filesystem=self.fs, columns=columns)
+
+    def write_parquet(self, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(buf.getvalue())
+
+    def files(self) -> list[Location]:
+        """Every file below this directory (none if it does not exist), sorted; temporaries are skipped."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        return sorted((self._child(i.path) for i in infos
+                       if i.type == pafs.FileType.File and not i.base_name.startswith(".")), key=str)
+
+    def glob(self, pattern: str) -> list[Location]:
+        """Files below this directory whose relative path matches `pattern` (`*` does not cross a `/`)."""
+        depth = pattern.count("/")
+        base = self.path.rstrip("/") + "/"
+        return [f for f in self.files()
+                if f.path[len(base):].count("/") == depth and fnmatch.fnmatchcase(f.path[len(base):], pattern)]
+
+    def is_empty(self) -> bool:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
+        return not infos
+
+    def delete(self) -> None:
+        """This file or directory tree, if it exists."""
+        kind = self._type()
+        if kind == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path)
+        elif kind == pafs.FileType.File:
+            self.fs.delete_file(self.path)
+
+    def upload(self, local: Path) -> None:
+        """A local directory's files to this directory (each file whole, as `write_bytes`)."""
+        for f in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+            (self / f.relative_to(local).as_posix()).write_bytes(f.read_bytes())
+
+    def download(self, cache: Path) -> Path:
+        """This directory as a local one: itself when local; else a copy under `cache`, keyed by the URI and every
+        file's size and modification time, so a changed directory is fetched anew and an unchanged one never."""
+        if self.local:
+            return Path(self.path)
+        base = self.path.rstrip("/") + "/"
+        infos = [i for i in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+                 if i.type == pafs.FileType.File]
+        if not infos:
+            raise EMTError(f"{self.uri} holds no files")
+        key = hashlib.sha256(self.uri.encode())
+        for i in sorted(infos, key=lambda i: i.path):
+            key.update(f"{i.path}\0{i.size}\0{i.mtime_ns}\0".encode())
+        target = Path(cache) / f"{self.name}-{key.hexdigest()[:16]}"
+        if target.is_dir():
+            return target
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        for i in infos:
+            dest = tmp / i.path[len(base):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open_input_stream(i.path) as src:
+                dest.write_bytes(src.read())
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process fetched it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
