@@ -4,7 +4,7 @@ An MLLM classifies through its vision encoder, so the encoder's own zero-shot sc
 accuracy (and forgetting) is read against. Each image is embedded once and compared with the embedded prompt
 `a photo of a {object}.` / `a photo of the number: "{digit}".` of every class; the most similar class is the answer.
 
-    sampled rows --from_arrow--> decode_images (CPU tasks) --> ClipReplica (actor pool, GPUs)
+    row indices --read_samples--> decode_images (CPU tasks) --> ClipReplica (actor pool, GPUs)
                  --iter_batches--> parts/*.parquet   (resume = skip keys already written)
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from evaluators.config import BaselineConfig
 from evaluators.datasets import get_spec
-from evaluators.pipeline import decode_images, finished_keys, gpus_per_replica, prepare
+from evaluators.pipeline import DatasetWork, decode_images, finished_keys, gpus_per_replica, prepare, read_dataset
 from evaluators.prompts import clip_prompt
 from evaluators.results import ResultStore
 from evaluators.summary import write_summary
@@ -67,13 +67,13 @@ class ClipReplica:
                 .append_column("category", pa.array(category)))
 
 
-def build_dataset(cfg: BaselineConfig, todo: pa.Table) -> ray.data.Dataset:
-    """Decode on CPU tasks, classify on `replicas` CLIP actors, `batch_size` images per call."""
+def build_dataset(cfg: BaselineConfig, work: list[DatasetWork]) -> ray.data.Dataset:
+    """Read and decode on CPU tasks, classify on `replicas` CLIP actors, `batch_size` images per call."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts images; one bar is enough
     chunk = cfg.compute.batch_size
     datasets = {d.name: (get_spec(d.name).kind, get_spec(d.name).classes) for d in cfg.datasets}
     return (
-        ray.data.from_arrow([todo.slice(i, chunk) for i in range(0, todo.num_rows, chunk)])
+        read_dataset(work, chunk)
         .map_batches(decode_images, batch_format="pyarrow", batch_size=None, num_cpus=0.5)
         .map_batches(
             ClipReplica,
@@ -95,14 +95,16 @@ def clip_baseline(cfg: BaselineConfig, *, progress: bool = True) -> dict:
     store = ResultStore(cfg.out, identity)
     work = prepare(cfg.datasets, fingerprint, NO_SAMPLING, finished_keys(store),
                    prompt_for=lambda spec: clip_prompt(spec.kind, "{class}"))
-    todo = pa.concat_tables([w.todo for w in work])
-    wanted = [k for w in work for k in w.keys]
-    with tqdm(total=len(wanted), initial=len(wanted) - todo.num_rows, desc=f"baseline {cfg.clip.name}", unit="img", file=terminal.err(),
+    todo = sum(w.todo.num_rows for w in work)
+    wanted = [k for w in work for k in w.done]  # and the keys of this run's answers, as they come back
+    total = sum(w.size for w in work)
+    with tqdm(total=total, initial=total - todo, desc=f"baseline {cfg.clip.name}", unit="img", file=terminal.err(),
               disable=not progress, mininterval=1.0) as bar:
-        if todo.num_rows:
-            for batch in build_dataset(cfg, todo).iter_batches(batch_format="pyarrow",
+        if todo:
+            for batch in build_dataset(cfg, work).iter_batches(batch_format="pyarrow",
                                                                batch_size=cfg.compute.flush_rows):
                 n = batch.num_rows
+                wanted.extend(batch.column("key").to_pylist())
                 store.write_part(batch.append_column("model", pa.array([cfg.clip.name] * n))
                                  .append_column("model_fingerprint", pa.array([fingerprint] * n)))
                 bar.update(n)

@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from PIL import Image
 from tqdm import tqdm
 
 from evaluators.config import DatasetConfig, EvalConfig
-from evaluators.datasets import DatasetSpec, get_spec, load_split
+from evaluators.datasets import DatasetSpec, get_spec, sample_split
 from evaluators.judges import Judge, build_judge
 from evaluators.prompts import eval_prompt
 from evaluators.results import ResultStore
@@ -37,6 +39,7 @@ from serving.faults import fault_point
 
 
 BLOCK_BATCHES = 4  # measured: 1 -> 0.62x the bare engine, 4 -> 0.84x (benchmarks/throughput.py, 2 cores)
+KEY_CHUNK = 512  # rows per task of a resume's key pass: fetch + hash only, so larger than a generation block
 CORRUPT_IMAGE = "corrupt image"  # how the error of an image that cannot be decoded starts
 
 
@@ -125,14 +128,67 @@ def remote_answers(batch: pa.Table, settings: dict) -> pa.Table:
     return EngineReplica(**settings)(batch)
 
 
+@dataclass(frozen=True)
+class SampleSource:
+    """What a read task needs to turn one dataset's row indices into keyed samples: the source's `fetch` (a folder's
+    holds every file path) and every input of `sample_key` but the sample's own id and bytes."""
+
+    dataset: str
+    split: str
+    prompt: str
+    fingerprint: str
+    params: SamplingParams
+    fetch: Callable[[np.ndarray], pa.Array]
+
+
+SAMPLE_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int64()), ("image", pa.binary()),
+                           ("key", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
+                           ("prompt", pa.string())])
+_SOURCES: dict[str, SampleSource] = {}  # per worker process: each run's sources, deserialized once, not per task
+
+
+def _source(ref: ray.ObjectRef) -> SampleSource:
+    if ref.hex() not in _SOURCES:
+        while len(_SOURCES) >= 8:  # a few runs' worth (a baseline beside an eval): older ones are done
+            _SOURCES.pop(next(iter(_SOURCES)))
+        _SOURCES[ref.hex()] = ray.get(ref)
+    return _SOURCES[ref.hex()]
+
+
+def read_samples(items: pa.Table, sources: dict[str, ray.ObjectRef]) -> pa.Table:
+    """A read task: fetch the images of `items` (dataset, row, sample_id, label; rows sorted per dataset) from their
+    source and key them with `sample_key`, as the driver did before: a worker holds the image bytes, the driver never."""
+    parts = []
+    for name in pc.unique(items.column("dataset")).to_pylist():
+        rows = items.filter(pc.equal(items.column("dataset"), name))
+        src, n = _source(sources[name]), rows.num_rows
+        images = src.fetch(rows.column("row").to_numpy())
+        keys = [sample_key(src.fingerprint, src.prompt, src.params, name, s, b)
+                for s, b in zip(rows.column("sample_id").to_pylist(), images.to_pylist())]
+        parts.append(pa.Table.from_arrays(
+            [rows.column("sample_id"), rows.column("label"), images, pa.array(keys, pa.string()),
+             pa.array([name] * n, pa.string()), pa.array([src.split] * n, pa.string()),
+             pa.array([src.prompt] * n, pa.string())], schema=SAMPLE_SCHEMA))
+    return pa.concat_tables(parts) if parts else SAMPLE_SCHEMA.empty_table()
+
+
+def sample_keys(items: pa.Table, sources: dict[str, ray.ObjectRef]) -> pa.Table:
+    """A resume's first pass: only each row's key goes back to the driver."""
+    return read_samples(items, sources).select(["dataset", "sample_id", "key"])
+
+
 @dataclass
 class DatasetWork:
-    """One dataset's sampled rows, their keys and prompt, and the judges that score its answers."""
+    """One dataset's sample as an index that stays small at any size: `todo` holds source row, sample_id and label of
+    the rows still to answer (no image: read tasks fetch those on workers from `source`, a SampleSource put in the
+    object store once), `done` the keys of its rows already stored; `classes` are what its answers are judged by."""
 
     name: str
     classes: tuple[str, ...]
+    source: ray.ObjectRef
+    size: int
     todo: pa.Table
-    keys: list[str]
+    done: list[str]
 
 
 def paper_prompt(spec) -> str:
@@ -140,23 +196,40 @@ def paper_prompt(spec) -> str:
     return eval_prompt(spec.kind, spec.classes, sort=spec.sort_prompt_labels)
 
 
+def read_dataset(work: list[DatasetWork], chunk: int, fn: Callable = read_samples) -> ray.data.Dataset:
+    """Blocks of `chunk` row indices -> `fn` in read tasks. They run on the driver's node, as Ray Data's own reads of
+    local:// paths do, because a source is a path there (a local directory, the HF cache of the node that downloaded
+    the hub files) that another node may not have; what they emit is spread by Ray Data as before."""
+    blocks = [w.todo.slice(i, chunk) for w in work for i in range(0, w.todo.num_rows, chunk)]
+    return ray.data.from_arrow(blocks).map_batches(
+        fn, fn_kwargs=dict(sources={w.name: w.source for w in work}), batch_format="pyarrow", batch_size=None,
+        num_cpus=0.5, label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()})
+
+
 def prepare(datasets: list[DatasetConfig], fingerprint: str, params: SamplingParams, done: set[str],
             prompt_for: Callable[[DatasetSpec], str] = paper_prompt) -> list[DatasetWork]:
-    """Sample every dataset, key every row, and keep only rows with no stored result."""
+    """Sample every dataset from its index alone (ids and labels: no image is read here), and keep only rows with no
+    stored result. Which rows those are depends on their keys, hence on their bytes: when the store holds finished
+    keys, a first pass of read tasks keys every sampled row on the workers (KEY_CHUNK rows a task) and sends back
+    only the keys; a fresh run skips it, and its keys come back with its answers."""
     work = []
     for ds in datasets:
         spec = get_spec(ds.name)
-        table = load_split(ds.name, split=ds.split, source=ds.source, limit=ds.limit, seed=ds.seed)
-        prompt = prompt_for(spec)
-        ids, images = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
-        keys = [sample_key(fingerprint, prompt, params, spec.name, s, b) for s, b in zip(ids, images)]
-        mask = pa.array([k not in done for k in keys])
-        n = len(keys)
-        table = (table.append_column("key", pa.array(keys))
-                 .append_column("dataset", pa.array([spec.name] * n))
-                 .append_column("split", pa.array([ds.split] * n))
-                 .append_column("prompt", pa.array([prompt] * n)))
-        work.append(DatasetWork(spec.name, spec.classes, table.filter(mask), keys))
+        raw, rows = sample_split(ds.name, split=ds.split, source=ds.source, limit=ds.limit, seed=ds.seed)
+        source = ray.put(SampleSource(spec.name, ds.split, prompt_for(spec), fingerprint, params, raw.fetch))
+        items = pa.table({"dataset": pa.array([spec.name] * len(rows), pa.string()), "row": pa.array(rows, pa.int64()),
+                          "sample_id": pa.array([raw.sample_ids[i] for i in rows], pa.string()),
+                          "label": pa.array(raw.labels[rows], pa.int64())})
+        work.append(DatasetWork(spec.name, spec.classes, source, len(rows), items, []))
+    if done and any(w.size for w in work):
+        keys: dict[tuple[str, str], str] = {}
+        for batch in read_dataset(work, KEY_CHUNK, sample_keys).iter_batches(batch_format="pyarrow", batch_size=None):
+            keys.update(zip(zip(batch.column("dataset").to_pylist(), batch.column("sample_id").to_pylist()),
+                            batch.column("key").to_pylist()))
+        for w in work:
+            stored = [keys[w.name, s] in done for s in w.todo.column("sample_id").to_pylist()]
+            w.done = [keys[w.name, s] for s, d in zip(w.todo.column("sample_id").to_pylist(), stored) if d]
+            w.todo = w.todo.filter(pa.array([not d for d in stored]))
     return work
 
 
@@ -223,17 +296,17 @@ def gpus_per_replica(setting: float | str) -> float:
     return float(setting)
 
 
-def build_dataset(cfg: EvalConfig, todo: pa.Table) -> ray.data.Dataset:
-    """The streaming pipeline: decode on CPU tasks, generate on `replicas` actors (tasks for a remote model)."""
+def build_dataset(cfg: EvalConfig, work: list[DatasetWork]) -> ray.data.Dataset:
+    """The streaming pipeline: read and key the rows to do and decode them on CPU tasks, generate on `replicas`
+    actors (tasks for a remote model)."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one progress bar (ours, in images judged) instead of one per operator
     ctx.raise_original_map_exception = True  # an EngineReplica's EMTError (a dead endpoint) reaches `user_error`
-    chunk = BLOCK_BATCHES * cfg.compute.batch_size  # a few batches per block: fewer, cheaper decode tasks
-    blocks = [todo.slice(i, chunk) for i in range(0, todo.num_rows, chunk)]
+    chunk = BLOCK_BATCHES * cfg.compute.batch_size  # a few batches per block: fewer, cheaper read and decode tasks
     settings = dict(model=cfg.model.model_dump(), params=cfg.generation.model_dump(),
                     batch_size=cfg.compute.batch_size, replicas=cfg.compute.replicas)
-    decoded = ray.data.from_arrow(blocks).map_batches(decode_images, batch_format="pyarrow", batch_size=None,
-                                                      num_cpus=0.5)
+    decoded = read_dataset(work, chunk).map_batches(decode_images, batch_format="pyarrow", batch_size=None,
+                                                    num_cpus=0.5)
     if cfg.model.backend in REMOTE_BACKENDS:
         env = {}
         if cfg.model.backend == "serve":
@@ -270,12 +343,12 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     judges = {s.name: {j: build_judge(j, s.classes, s.kind, cfg.judge) for j in cfg.judges} for s in specs}
     store = ResultStore(cfg.out, run_identity(cfg, fingerprint))
     work = {w.name: w for w in prepare(cfg.datasets, fingerprint, cfg.generation, finished_keys(store))}
-    todo = pa.concat_tables([w.todo for w in work.values()])
-    wanted = [k for w in work.values() for k in w.keys]
-    total = len(wanted)
-    bar = tqdm(total=total, initial=total - todo.num_rows, desc=f"eval {cfg.model.name}", unit="img", file=terminal.err(),
+    todo = sum(w.todo.num_rows for w in work.values())
+    wanted = [k for w in work.values() for k in w.done]  # and the keys of this run's answers, as they come back
+    total = sum(w.size for w in work.values())
+    bar = tqdm(total=total, initial=total - todo, desc=f"eval {cfg.model.name}", unit="img", file=terminal.err(),
                disable=not progress, mininterval=1.0)
-    if todo.num_rows:
+    if todo:
         pending: list[pa.Table] = []
         last_flush = time.monotonic()
 
@@ -290,8 +363,9 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                 fault_point("eval.part_written")
 
         try:
-            for batch in build_dataset(cfg, todo).iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in build_dataset(cfg, list(work.values())).iter_batches(batch_format="pyarrow", batch_size=None):
                 pending.append(batch)
+                wanted.extend(batch.column("key").to_pylist())
                 if sum(t.num_rows for t in pending) >= cfg.compute.flush_rows or time.monotonic() - last_flush > 10:
                     flush()
         except Exception as err:

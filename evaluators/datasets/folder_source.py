@@ -44,10 +44,10 @@ def read_folder_split(spec: DatasetSpec, root: Path, split: str) -> RawSplit:
     if not found:
         raise EMTError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class folders under {class_root}.")
     found.sort()
-    files = [path for _, path, _ in found]
+    files = [str(path) for _, path, _ in found]  # str: this list travels to the workers that read the images
 
     def fetch(rows: np.ndarray) -> pa.Array:
-        return pa.array([files[i].read_bytes() for i in rows], pa.binary())
+        return pa.array([Path(files[i]).read_bytes() for i in rows], pa.binary())
 
     labels = np.array([label for _, _, label in found], dtype=np.int64)
     return RawSplit(labels=labels, sample_ids=[sample_id for sample_id, _, _ in found], fetch=fetch)

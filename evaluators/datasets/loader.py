@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from evaluators.datasets.catalog import get_spec
@@ -56,6 +57,17 @@ def _read(spec: DatasetSpec, split: str, source: str | None) -> RawSplit:
     )
 
 
+def sample_split(
+    name: str, split: str = "test", source: str | None = None, limit: int | None = None, seed: int = 0
+) -> tuple[RawSplit, np.ndarray]:
+    """The split's index (labels, ids, `fetch`) and the sorted rows of its sample, with no image read: an evaluation
+    keeps only this on its driver and fetches the images on workers (evaluators.pipeline)."""
+    spec = get_spec(name)
+    spec.source_split(split)  # a bad split fails here, before any source is touched
+    raw = _read(spec, split, source)
+    return raw, stratified_indices(raw.labels, limit, seed)
+
+
 def load_split(
     name: str, split: str = "test", source: str | None = None, limit: int | None = None, seed: int = 0
 ) -> pa.Table:
@@ -65,10 +77,7 @@ def load_split(
     fixed-seed sample (see `stratified_indices`); images are read for the kept rows only and never decoded,
     so corrupt bytes reach the pipeline unchanged. Rows come in sample_id order.
     """
-    spec = get_spec(name)
-    spec.source_split(split)  # a bad split fails here, before any source is touched
-    raw = _read(spec, split, source)
-    rows = stratified_indices(raw.labels, limit, seed)
+    raw, rows = sample_split(name, split, source, limit, seed)
     sample_ids = pa.array([raw.sample_ids[i] for i in rows], pa.string())
     labels = pa.array(raw.labels[rows], pa.int64())
     return pa.Table.from_arrays([sample_ids, labels, raw.fetch(rows)], schema=SCHEMA)

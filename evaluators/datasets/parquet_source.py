@@ -97,6 +97,14 @@ class _ParquetFile:
         sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
         self.group_starts = np.cumsum([0] + sizes)
 
+    def __getstate__(self) -> dict:
+        """What `images` needs, for a read task on a worker (a ParquetFile does not pickle; labels stay behind)."""
+        return {"path": self.path, "image": self.image, "group_starts": self.group_starts}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.file = pq.ParquetFile(self.path)
+
     def images(self, rows: np.ndarray) -> pa.Array:
         """Image bytes of sorted local `rows`, reading only the row groups that hold them."""
         groups = np.searchsorted(self.group_starts, rows, side="right") - 1

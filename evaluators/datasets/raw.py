@@ -15,7 +15,8 @@ SPLIT_NAMES = {"train", "test", "validation", "val", "valid"}
 class RawSplit:
     """All labels and ids of a split up front; image bytes are fetched only for the rows a sample keeps.
 
-    `fetch` takes sorted row indices and returns their encoded images as a binary array, in that order.
+    `fetch` takes sorted row indices and returns their encoded images as a binary array, in that order. It must
+    pickle: an evaluation calls it in read tasks on workers, not on the driver.
     """
 
     labels: np.ndarray
