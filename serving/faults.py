@@ -8,16 +8,23 @@
     raise    RuntimeError at this point
 
 `EMT_FAULT_FILE=PATH`, if set, is created just before the action, so a test waits on a state that can no longer
-change rather than on a clock. Points: `eval.part_written` (a part file of answers is on disk),
-`tune.row_evaluated` (a checkpoint's row of the matrix is evaluated on every dataset), `tune.scan` (the checkpoint
-scanner thread begins a pass over the trials' storage).
+change rather than on a clock. It also makes the fault fire once per run rather than once per process: an arrival
+that finds the file already there does nothing. Arrivals are counted per process, and a Ray worker restarted after
+the fault (a replacement Train worker, a Data actor rebuilt on another node) is a new process that would count
+from zero and fire again.
+
+Points:
+    eval.part_written        the driver wrote a part file of answers to disk
+    engine.batch             a transformers engine begins a generate() call (an eval replica's batch)
+    train.checkpoint_reported  a Train worker reported an epoch's checkpoint (`ray.train.report` returned)
+    tune.row_evaluated       a checkpoint's row of the matrix is evaluated on every dataset (the driver)
+    tune.scan                the checkpoint scanner thread begins a pass over the trials' storage
 """
 from __future__ import annotations
 
 import os
 import signal
 import threading
-from pathlib import Path
 
 FAULT_ENV = "EMT_FAULT"
 FAULT_FILE_ENV = "EMT_FAULT_FILE"
@@ -42,13 +49,17 @@ def fault_point(name: str) -> None:
     point, n, action = parse_fault(spec)
     if point != name:
         return
+    marker = os.environ.get(FAULT_FILE_ENV)
     with _lock:
         _arrivals[name] = _arrivals.get(name, 0) + 1
         if _arrivals[name] != n:
             return
-    marker = os.environ.get(FAULT_FILE_ENV)
-    if marker:
-        Path(marker).write_text(f"{name}:{n}:{action}\n")
+        if marker:
+            try:  # exclusive create: of several processes arriving at once, one fires
+                with open(marker, "x") as f:
+                    f.write(f"{name}:{n}:{action}:pid={os.getpid()}\n")
+            except FileExistsError:
+                return  # fired already in this run, maybe by the process this one replaces
     if action == "sigint":
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
             # A background job of a non-interactive shell (CI) starts with SIGINT ignored, and Python then leaves

@@ -22,6 +22,7 @@ from serving.config import ModelConfig, SamplingParams
 from serving.engine import Engine, Generation, GenerationRequest
 from serving.locate import model_source
 from serving.errors import EMTError, UnknownNameError
+from serving.faults import fault_point
 
 FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"
 LAST_WORD = re.compile(r"\s*\S*\s*\Z")  # with the whitespace around it: what a streamed answer holds back
@@ -241,6 +242,7 @@ class TransformersEngine(Engine):
         return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        fault_point("engine.batch")
         results: list[Generation | None] = [None] * len(requests)
         for chunk, params in self._batches(requests):
             for i, out in zip(chunk, self._generate_batch([requests[i] for i in chunk], params)):

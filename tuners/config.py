@@ -45,8 +45,11 @@ class EvalSettings(_Datasets):
 class Resources(StrictModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers per trial (data parallel)")
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, ge=0, description="0 with a custom resource: the worker holds only that")
     gpus_per_worker: float = Field(0.0, ge=0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="custom resources each Train worker holds, e.g. {trainer: 1}: trials run "
+        "only on nodes started with them (`ray start --resources='{\"trainer\": 4}'`)")
     max_concurrent_trials: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, each from its last checkpoint")
 

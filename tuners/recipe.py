@@ -20,6 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from evaluators.datasets import get_spec
 from serving.adapters import save_projector_checkpoint
+from serving.faults import fault_point
 from serving.transformers_engine import load_model_and_processor, pick_device_and_dtype
 from tuners.config import SEARCHABLE
 from tuners.data import collate
@@ -144,6 +145,7 @@ def train_loop_per_worker(config: dict) -> None:
                 save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp), base_val, validation)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+        fault_point("train.checkpoint_reported")
         crash_after = os.environ.get(CRASH_ENV)
         if crash_after and int(crash_after) == epoch and rank == 0:
             marker = Path(config["storage"]) / f".crashed-{ctx.get_experiment_name()}"

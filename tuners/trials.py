@@ -48,7 +48,8 @@ def param_space(cfg: TuneConfig) -> dict[str, Any]:
         train_split=cfg.train.split, train_limit=cfg.train.limit, train_seed=cfg.train.seed,
         train_sources=cfg.train.sources, num_workers=cfg.resources.num_workers,
         use_gpu=cfg.resources.use_gpu, cpus_per_worker=cfg.resources.cpus_per_worker,
-        gpus_per_worker=cfg.resources.gpus_per_worker, max_failures=cfg.resources.max_failures,
+        gpus_per_worker=cfg.resources.gpus_per_worker, resources_per_worker=cfg.resources.resources_per_worker,
+        max_failures=cfg.resources.max_failures,
         eval_datasets=[d.model_dump() for d in cfg.eval.datasets], validation_limit=cfg.eval.validation_limit,
         validation_max_tokens=cfg.eval.generation.max_tokens, objective=cfg.objective.name,
         objective_weight=cfg.objective.weight,
@@ -73,7 +74,7 @@ def build_trainer(config: dict, name: str, callbacks: list) -> TorchTrainer:
     """The training sample as a Ray Dataset, sharded over this trial's Train workers; runs resume by `name`."""
     table = training_sample(config)
     config = {**config, "train_rows": table.num_rows}
-    resources = {"CPU": config["cpus_per_worker"]}
+    resources = {"CPU": config["cpus_per_worker"], **config.get("resources_per_worker", {})}
     if config["use_gpu"]:
         resources["GPU"] = config["gpus_per_worker"] or 1
     return TorchTrainer(
