@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -21,10 +20,10 @@ from evaluators import mitigation
 from evaluators.forgetting import (METHODS, MITIGATIONS, MULTI_TASK, ROW_FIELDS, ROW_SCHEMA, Grid, grid, metrics,
                                    row_sort_key, source_ids, tuned_sets)
 from evaluators.judges import CATEGORIES, JUDGE_FAILED
-from evaluators.results import atomic_write_parquet, atomic_write_text
 from evaluators.tables import (best_setting_text, best_table, formulas_markdown, markdown, matrix_table,
                                metrics_table, mitigations_table, vision_note, vision_table)
 from serving.errors import EMTError
+from serving.storage import Location
 
 BASELINE_DIR = "baseline"
 # Row settings that become one column each, by column prefix: the trial's hyperparameters, the mitigation's settings.
@@ -34,14 +33,14 @@ RESULT_SCHEMA = pa.schema([("eval_dataset", pa.string()), ("accuracy", pa.float6
                            *((c, pa.int64()) for c in CATEGORIES if c != "correct"), ("errors", pa.int64())])
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Location) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise EMTError(f"cannot read {path}: {err}. Rerun the evaluation that writes it") from err
 
 
-def _check_mitigated(path: Path, row: dict) -> dict:
+def _check_mitigated(path: Location, row: dict) -> dict:
     """A mitigated row is placed and scored by the checkpoint(s) it was made from: their method and tuned dataset(s),
     the epoch (a multi-task merge of several trials has none) and one source row per tuned dataset."""
     name = row["mitigation"]
@@ -59,7 +58,7 @@ def _check_mitigated(path: Path, row: dict) -> dict:
     return row
 
 
-def read_row(row_dir: Path) -> dict:
+def read_row(row_dir: Location) -> dict:
     """row.json, checked: the matrix cannot place a row without its method, tuned dataset and epoch. A row.json
     written before mitigations existed is a plain row (mitigation 'none')."""
     path = row_dir / "row.json"
@@ -87,9 +86,9 @@ def read_result(name: str, d: dict) -> dict:
             "errors": d["errors"], **undecided}
 
 
-def read_vision_baseline(run_dir: str | Path) -> dict | None:
+def read_vision_baseline(run_dir: str | Location) -> dict | None:
     """The CLIP zero-shot summary of DIR/baseline/, or None where the run has none (yet)."""
-    path = Path(run_dir) / BASELINE_DIR / "summary.json"
+    path = Location(run_dir) / BASELINE_DIR / "summary.json"
     return _read_json(path) if path.is_file() else None
 
 
@@ -105,14 +104,14 @@ def _column(values: list) -> pa.Array:
     return pa.array([None if v is None else json.dumps(v, sort_keys=True) for v in values], pa.string())
 
 
-def collect(run_dir: str | Path) -> pa.Table:
+def collect(run_dir: str | Location) -> pa.Table:
     """The long-form matrix: one row per (checkpoint, eval dataset) that has a stored summary.
 
     A row directory without row.json is still being set up and is left out; a missing summary is a missing cell.
     """
-    evals = Path(run_dir) / "evals"
+    evals = Location(run_dir) / "evals"
     records = []
-    for row_dir in sorted(p for p in evals.glob("*") if (p / "row.json").is_file()):
+    for row_dir in (p.parent for p in evals.glob("*/row.json")):  # one listing, even of a bucket
         row = read_row(row_dir)
         settings = {p: {f"{p}_{k}": v for k, v in (row.get(key) or {}).items()} for p, key in SETTINGS.items()}
         path = row_dir / "summary.json"
@@ -177,18 +176,18 @@ def render_markdown(name: str, table: pa.Table, metrics_tbl: pa.Table, weight: f
     ])
 
 
-def write_tables(run_dir: Path, table: pa.Table, weight: float) -> dict[str, Path]:
+def write_tables(run_dir: Location, table: pa.Table, weight: float) -> dict[str, Location]:
     """matrix.parquet, matrix.csv, metrics.csv and matrix.md of a collected table; `weight` is the trade-off's."""
     metrics_tbl = metrics(table)
     paths = {name: run_dir / name for name in ("matrix.parquet", "matrix.csv", "metrics.csv", "matrix.md")}
-    atomic_write_parquet(table, paths["matrix.parquet"])
-    atomic_write_text(csv_text(table), paths["matrix.csv"])
-    atomic_write_text(csv_text(metrics_tbl), paths["metrics.csv"])
-    atomic_write_text(render_markdown(run_dir.resolve().name, table, metrics_tbl, weight,
-                                      read_vision_baseline(run_dir)), paths["matrix.md"])
+    paths["matrix.parquet"].write_parquet(table)
+    paths["matrix.csv"].write_text(csv_text(table))
+    paths["metrics.csv"].write_text(csv_text(metrics_tbl))
+    paths["matrix.md"].write_text(render_markdown(run_dir.name, table, metrics_tbl, weight,
+                                                  read_vision_baseline(run_dir)))
     return paths
 
 
-def write_matrix(run_dir: str | Path, weight: float = 1.0) -> dict[str, Path]:
+def write_matrix(run_dir: str | Location, weight: float = 1.0) -> dict[str, Location]:
     """Rebuild the matrix files of DIR from its stored evaluations."""
-    return write_tables(Path(run_dir), collect(run_dir), weight)
+    return write_tables(Location(run_dir), collect(run_dir), weight)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 from html import escape
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -16,9 +15,9 @@ from evaluators import mitigation, plots
 from evaluators.forgetting import (Grid, best_trials, checkpoints, chosen_on_validation, grid, metrics,
                                    objective_score, pareto_front)
 from evaluators.matrix import collect, read_vision_baseline, write_tables
-from evaluators.results import atomic_write_bytes, atomic_write_text
 from evaluators.tables import (best_setting_text, best_table, formulas_html, html, matrix_table, metrics_table,
                                mitigations_table, objective_name, vision_note, vision_table)
+from serving.storage import Location
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -54,10 +53,10 @@ def highlighted_trials(metrics_tbl: pa.Table, objective: str, weight: float) -> 
     return set(chosen.values())
 
 
-def evaluation_splits(run_dir: Path) -> str:
+def evaluation_splits(run_dir: Location) -> str:
     """'digits: test, colors: test': the split each dataset's cells, and so the best run, were measured on."""
     splits: dict[str, str] = {}
-    for path in sorted(run_dir.glob("evals/*/summary.json")):
+    for path in run_dir.glob("evals/*/summary.json"):
         for ds in json.loads(path.read_text()).get("config", {}).get("datasets", []):
             splits.setdefault(ds["name"], ds.get("split", "test"))
     return ", ".join(f"{n}: {s}" for n, s in sorted(splits.items())) or "as stored in the evaluations"
@@ -126,9 +125,9 @@ def render_html(name: str, g: Grid, metrics_tbl: pa.Table, pngs: dict[str, bytes
 """
 
 
-def write_report(run_dir: str | Path, objective: str = "tradeoff", weight: float = 1.0) -> dict[str, Path]:
+def write_report(run_dir: str | Location, objective: str = "tradeoff", weight: float = 1.0) -> dict[str, Location]:
     """Rebuild the matrix files, the three pictures and report.html in DIR; returns every path written."""
-    run_dir = Path(run_dir)
+    run_dir = Location(run_dir)
     objective_score(None, None, objective, weight)  # reject a bad objective or weight before writing anything
     table = collect(run_dir)
     paths = write_tables(run_dir, table, weight)
@@ -138,9 +137,9 @@ def write_report(run_dir: str | Path, objective: str = "tradeoff", weight: float
             "tradeoff.png": plots.tradeoff(g, metrics_tbl.to_pylist(), pareto_front(metrics_tbl))}
     for name, png in pngs.items():
         paths[name] = run_dir / name
-        atomic_write_bytes(png, paths[name])
+        paths[name].write_bytes(png)
     paths["report.html"] = run_dir / "report.html"
-    html_text = render_html(run_dir.resolve().name, g, metrics_tbl, pngs, objective, weight, evaluation_splits(run_dir),
+    html_text = render_html(run_dir.name, g, metrics_tbl, pngs, objective, weight, evaluation_splits(run_dir),
                             read_vision_baseline(run_dir))
-    atomic_write_text(html_text, paths["report.html"])
+    paths["report.html"].write_text(html_text)
     return paths

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from serving.errors import EMTError, UnknownNameError
+from serving.storage import Location, default_cache_dir, local_dir
 
 LORA_CONFIG = "adapter_config.json"
 PROJECTOR_META = "emt_adapter.json"
@@ -171,33 +172,49 @@ def load_projector_state(path: str | Path) -> dict[str, torch.Tensor]:
 class AdapterCatalog:
     """Adapter names a server answers to: explicit NAME=PATH pairs, plus every adapter directory under `root`,
     named by its path relative to `root`. `root` is scanned on each call, so checkpoints written after the server
-    started are servable without a restart; a name can never reach outside `root`."""
+    started are servable without a restart; a name can never reach outside `root`. `root` may be a store URI
+    (s3://, gs://): an adapter there is downloaded on first use to a local cache keyed by its content."""
 
     def __init__(self, explicit: dict[str, str] | None = None, root: str | None = None) -> None:
-        self.explicit = {name: Path(p).expanduser().resolve() for name, p in (explicit or {}).items()}
-        self.root = Path(root).expanduser().resolve() if root else None
+        self.explicit = {name: local_dir(p) for name, p in (explicit or {}).items()}
+        self.root = Location(root) if root else None
         for path in self.explicit.values():
             adapter_kind(path)  # fail at start-up, not on the first request
-        if self.root is not None and not self.root.is_dir():
+        if self.root is not None and self.root.local and not self.root.is_dir():
             raise EMTError(f"adapters directory '{root}' does not exist")
+        if self.root is not None:
+            self.root.check()
 
     def names(self) -> list[str]:
         found = set(self.explicit)
         if self.root is not None:
-            for marker in (*self.root.rglob(LORA_CONFIG), *self.root.rglob(PROJECTOR_META)):  # projector, patch
-                d = marker.parent.resolve()
-                if d.is_relative_to(self.root) and d != self.root:
-                    found.add(d.relative_to(self.root).as_posix())
+            for rel in self.root.sizes():  # one listing, also of a bucket
+                d, _, leaf = rel.rpartition("/")
+                if leaf in (LORA_CONFIG, PROJECTOR_META) and d and self._inside(d) is not None:  # projector, patch
+                    found.add(d)
         return sorted(found)
 
+    def _inside(self, name: str) -> Path | Location | None:
+        """`root / name` if that stays inside `root` (symlinks resolved on a local disk), else None."""
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            return None
+        if not self.root.local:
+            return self.root / name
+        root = Path(self.root.path)
+        d = (root / name).resolve()
+        return d if d.is_relative_to(root) and d != root else None
+
     def path(self, name: str) -> Path:
-        """The directory of adapter `name`; UnknownNameError (a 404 for a client) when there is none."""
+        """The local directory of adapter `name`; UnknownNameError (a 404 for a client) when there is none."""
         if name in self.explicit:
             return self.explicit[name]
-        if self.root is not None and name and not Path(name).is_absolute():
-            d = (self.root / name).resolve()
-            marked = (d / LORA_CONFIG).is_file() or (d / PROJECTOR_META).is_file()
-            if d.is_relative_to(self.root) and d != self.root and marked:
-                adapter_kind(d)  # a marked but broken checkpoint says what is wrong with it
+        d = None if self.root is None else self._inside(name)
+        if isinstance(d, Location):
+            if {LORA_CONFIG, PROJECTOR_META} & set(d.sizes()):
+                d = d.download(default_cache_dir() / "store")
+                adapter_kind(d)
                 return d
+        elif d is not None and ((d / LORA_CONFIG).is_file() or (d / PROJECTOR_META).is_file()):
+            adapter_kind(d)  # a marked but broken checkpoint says what is wrong with it
+            return d
         raise UnknownNameError(f"unknown model '{name}': GET /v1/models lists the base model and its adapters")

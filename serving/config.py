@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from serving.storage import normalise
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must never be silently ignored); values are immutable once parsed."""
@@ -47,6 +49,16 @@ class SamplingParams(StrictModel):
         return self.temperature <= 0.0
 
 
+def custom_resources(value: dict[str, float]) -> dict[str, float]:
+    """Custom resource amounts are >= 0; CPU and GPU have their own settings (Ray refuses them in `resources`)."""
+    for name, amount in value.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"'{name}' is not a custom resource: use cpus_per_replica / gpus_per_replica")
+        if amount < 0:
+            raise ValueError(f"resource '{name}': amount {amount:g} is negative")
+    return value
+
+
 class ReplicaConfig(StrictModel):
     """How many model replicas to run and what each one holds."""
 
@@ -56,10 +68,17 @@ class ReplicaConfig(StrictModel):
     )
     cpus_per_replica: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1, description="images per generate() call on a replica")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each replica needs, e.g. {eval_node: 1} or "
+        "{'accelerator_type:H100': 0.001}: replicas then run only on nodes that have them (an autoscaler launches "
+        "such a node type when none is up)")
+
+    _custom_only = field_validator("resources")(lambda cls, value: custom_resources(value))
 
 
 def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
+    """A local path made absolute; a store URI (s3://, gs://) as it is."""
+    return normalise(path)
 
 
 class ServeConfig(StrictModel):
@@ -71,6 +90,8 @@ class ServeConfig(StrictModel):
     max_replicas: int | None = Field(None, ge=1, description="autoscaling upper bound; needs min_replicas")
     gpus_per_replica: float | Literal["auto"] = Field("auto", description="auto = 1 when the cluster has GPUs, else 0")
     cpus_per_replica: float = Field(0.5, gt=0, description="logical CPUs; fractional so replicas fit a laptop's Ray")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each replica needs "
+                                        "(see ReplicaConfig.resources)")
     api_key: SecretStr | None = Field(None, description="clients must send `Authorization: Bearer KEY`")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -101,6 +122,8 @@ class ServeConfig(StrictModel):
         if isinstance(value, list):
             return [_absolute(p) for p in value]
         return None if value is None else _absolute(value)
+
+    _custom_only = field_validator("resources")(lambda cls, value: custom_resources(value))
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> "ServeConfig":

@@ -19,6 +19,7 @@ from PIL import Image
 
 from serving.config import ModelConfig, SamplingParams
 from serving.registry import Registry
+from serving.storage import default_cache_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +106,6 @@ def model_fingerprint(model: str, revision: str | None = None) -> str:
     else:
         h.update(json.dumps([model, revision]).encode())
     return h.hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    """Where EMT keeps what is costly to recompute (weight digests, llm-judge verdicts): $EMT_CACHE_DIR or
-    ~/.cache/emt."""
-    return Path(os.environ.get("EMT_CACHE_DIR") or Path.home() / ".cache" / "emt")
 
 
 def digest_cache_path() -> Path:

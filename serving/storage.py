@@ -28,6 +28,12 @@ from serving.errors import EMTError
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
 
+def default_cache_dir() -> Path:
+    """Where EMT keeps what is costly to recompute (weight digests, llm-judge verdicts, copies of stored
+    checkpoints): $EMT_CACHE_DIR or ~/.cache/emt."""
+    return Path(os.environ.get("EMT_CACHE_DIR") or Path.home() / ".cache" / "emt")
+
+
 def is_remote(where: str | Path) -> bool:
     return str(where).split("://", 1)[0].lower() in REMOTE_SCHEMES and "://" in str(where)
 
@@ -100,6 +106,12 @@ class Location:
 
     def __str__(self) -> str:
         return self.uri
+
+    def __fspath__(self) -> str:
+        """A local location is a path for any API that takes one; a stored one is not."""
+        if not self.local:
+            raise TypeError(f"{self.uri} is in an object store, not on a local disk")
+        return self.path
 
     def __repr__(self) -> str:
         return f"Location({self.uri!r})"
@@ -177,6 +189,18 @@ class Location:
         return sorted((self._child(i.path) for i in infos
                        if i.type == pafs.FileType.File and not i.base_name.startswith(".")), key=str)
 
+    def sizes(self) -> dict[str, int]:
+        """Size of every file below this directory, by relative path (one listing)."""
+        base = self.path.rstrip("/") + "/"
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        return {i.path[len(base):]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    def relative_to(self, root: Location) -> str:
+        base = root.path.rstrip("/") + "/"
+        if not self.path.startswith(base):
+            raise ValueError(f"{self} is not below {root}")
+        return self.path[len(base):]
+
     def glob(self, pattern: str) -> list[Location]:
         """Files below this directory whose relative path matches `pattern` (`*` does not cross a `/`)."""
         depth = pattern.count("/")
@@ -196,9 +220,11 @@ class Location:
         elif kind == pafs.FileType.File:
             self.fs.delete_file(self.path)
 
-    def upload(self, local: Path) -> None:
-        """A local directory's files to this directory (each file whole, as `write_bytes`)."""
-        for f in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+    def upload(self, local: Path, last: str | None = None) -> None:
+        """A local directory's files to this directory (each file whole, as `write_bytes`); the file named `last`
+        goes last, so a reader that waits for it finds every other file in place."""
+        files = sorted((p for p in Path(local).rglob("*") if p.is_file()), key=lambda p: (p.name == last, str(p)))
+        for f in files:
             (self / f.relative_to(local).as_posix()).write_bytes(f.read_bytes())
 
     def download(self, cache: Path) -> Path:
@@ -228,3 +254,8 @@ class Location:
         except OSError:  # another process fetched it first
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+def local_dir(where: str | Path) -> Path:
+    """A directory (a checkpoint, an adapter) as a local one: itself, or its cached copy if it is in a store."""
+    return Location(where).download(default_cache_dir() / "store")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from typing import Callable
 
 from ray import serve, tune
@@ -19,12 +18,12 @@ from ray import serve, tune
 from evaluators.config import ComputeConfig, EvalConfig
 from evaluators.matrix import write_matrix
 from evaluators.pipeline import evaluate
-from evaluators.results import atomic_write_text
 from serving.config import ModelConfig, ServeConfig
 from serving.deploy import run_app
 from serving import terminal
 from serving.faults import fault_point
 from serving.serve_app import build_app
+from serving.storage import Location
 from tuners.config import TuneConfig
 from tuners.mitigations.study import Builder
 from tuners.rows import Row, checkpoint_rows, mitigation_rows
@@ -39,7 +38,7 @@ class StopOnScannerError(tune.Stopper):
     """Stops every trial once the experiment's checkpoint scanner has failed. It holds only the experiment's
     directory: Tune pickles it into the experiment state, and a restored run finds the new scanner by it."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Location) -> None:
         self.out = str(out)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -53,15 +52,15 @@ class CheckpointEvaluator:
     """Hosts the base model on Serve and evaluates rows (base first, then checkpoints as they appear, then the
     mitigated models built from them)."""
 
-    def __init__(self, cfg: TuneConfig, out: Path, poll_s: float = 3.0) -> None:
+    def __init__(self, cfg: TuneConfig, out: Location, poll_s: float = 3.0) -> None:
         self.cfg, self.out, self.poll_s = cfg, out, poll_s
         self.train_dir = out / "train"
-        self.train_dir.mkdir(parents=True, exist_ok=True)
+        self.train_dir.mkdir()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self._serve_was_running = True
-        self._verified: dict[Path, dict] = {}
+        self._verified: dict[Location, dict] = {}
         self._first: Callable[[], None] | None = None
         self.builder = Builder(cfg, self.train_dir) if cfg.mitigations else None
         self._final = False  # every trial has finished: multi-task merges may be planned
@@ -127,8 +126,8 @@ class CheckpointEvaluator:
         model = ModelConfig(name=row.served_name, backend="serve", app=APP)
         evaluate(EvalConfig(model=model, datasets=self.cfg.eval.datasets, generation=self.cfg.eval.generation,
                             compute=ComputeConfig(replicas=self.cfg.eval.concurrency, batch_size=self.cfg.eval.batch_size),
-                            out=row_dir), progress=False)
-        atomic_write_text(json.dumps(row.record(), indent=2, default=str), row_dir / "row.json")
+                            out=str(row_dir)), progress=False)
+        (row_dir / "row.json").write_text(json.dumps(row.record(), indent=2, default=str))
         write_matrix(self.out)
         terminal.say(f"evaluated {row.row_id} on {', '.join(d.name for d in self.cfg.eval.datasets)}")
         fault_point("tune.row_evaluated")

@@ -1,13 +1,13 @@
 """The tuning experiment's typed config (`emt tune --config FILE`): search space, resources, evaluation."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from evaluators.config import _Datasets
 from serving.config import ModelConfig, SamplingParams, StrictModel
+from serving.storage import OutPath
 from tuners.mitigations.study import Mitigations
 
 SEARCHABLE = ("method", "train_dataset", "lr", "projector_lr", "epochs", "batch_size", "weight_decay",
@@ -110,7 +110,7 @@ class TuneConfig(StrictModel):
     serve_replicas: int = Field(1, ge=1)
     address: str | None = None
     num_cpus: int | None = None
-    out: Path
+    out: OutPath
 
     @model_validator(mode="after")
     def _tuned_sets_are_evaluated(self) -> "TuneConfig":

@@ -7,19 +7,21 @@
     DIR/evals/<row>/        one evaluation of every dataset per checkpoint (and the base), written as it finishes
     DIR/baseline/           the CLIP zero-shot baseline on the eval datasets (with vision_baseline), as `emt baseline`
     DIR/matrix.*, report.html, *.png
+
+DIR is a local directory or a store URI (s3://, gs://; serving.storage): Tune and Train write their state and
+checkpoints there themselves, and every node reaches it, so a multi-node cluster needs no shared filesystem.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from evaluators.matrix import BASELINE_DIR
-from evaluators.results import atomic_write_text
 from serving import terminal
 from serving.errors import EMTError
+from serving.storage import Location
 from tuners.checkpoint_eval import CheckpointEvaluator, StopOnScannerError
 from tuners.config import TuneConfig, space_values
 from tuners.trials import EXPERIMENT, param_space, run_trial
@@ -52,12 +54,12 @@ def logger_callbacks(cfg: TuneConfig) -> list:
     return callbacks
 
 
-def claim_directory(cfg: TuneConfig, out: Path, resume: bool) -> None:
+def claim_directory(cfg: TuneConfig, out: Location, resume: bool) -> None:
     """One experiment per directory: a rerun without --resume, or with another config, is refused. Mitigations
     may change between runs: they add rows and change none of the trials'."""
     stored_file = out / CONFIG_FILE
     mine = json.loads(cfg.model_dump_json(exclude={"out"}))
-    if stored_file.exists():
+    if stored_file.is_file():
         stored = json.loads(stored_file.read_text())
         stored["mitigations"] = mine["mitigations"]
         if stored != mine:
@@ -69,13 +71,12 @@ def claim_directory(cfg: TuneConfig, out: Path, resume: bool) -> None:
         return
     if resume:
         raise EMTError(f"nothing to resume in {out}: run without --resume to start the experiment")
-    if out.exists() and any(out.iterdir()):
+    if not out.is_empty():
         raise EMTError(f"{out} is not empty and holds no EMT experiment: use a new or empty --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(mine, indent=2), stored_file)
+    stored_file.write_text(json.dumps(mine, indent=2))
 
 
-def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
+def build_tuner(cfg: TuneConfig, out: Location, resume: bool) -> tune.Tuner:
     trainable = tune.with_resources(run_trial, {"CPU": 0.25})  # the trial driver; Train workers ask for their own
     path = out / "tune" / EXPERIMENT
     if resume and tune.Tuner.can_restore(str(path)):
@@ -90,14 +91,15 @@ def build_tuner(cfg: TuneConfig, out: Path, resume: bool) -> tune.Tuner:
         tune_config=tune.TuneConfig(metric="objective", mode="max", scheduler=scheduler,
                                     num_samples=cfg.search.num_samples,
                                     max_concurrent_trials=cfg.resources.max_concurrent_trials),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), callbacks=logger_callbacks(cfg),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"),  # a local dir or a store URI
+                                  callbacks=logger_callbacks(cfg),
                                   stop=StopOnScannerError(out),
                                   verbose=0,  # our stage lines and the matrix say it; Tune's tables go to its logs
                                   failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures)),
     )
 
 
-def run_vision_baseline(cfg: TuneConfig, out: Path) -> None:
+def run_vision_baseline(cfg: TuneConfig, out: Location) -> None:
     """CLIP zero-shot on the very images the matrix is measured on, resumed through its result store like
     `emt baseline`; the checkpoint evaluator runs it first, while the trials start up."""
     from evaluators.baseline import clip_baseline
@@ -106,16 +108,17 @@ def run_vision_baseline(cfg: TuneConfig, out: Path) -> None:
     baseline = out / BASELINE_DIR
     terminal.say(f"tune: CLIP zero-shot baseline of {cfg.vision_baseline.name} on "
                  f"{', '.join(d.name for d in cfg.eval.datasets)} into {baseline}")
-    clip_baseline(BaselineConfig(clip=cfg.vision_baseline, datasets=cfg.eval.datasets, out=baseline,
+    clip_baseline(BaselineConfig(clip=cfg.vision_baseline, datasets=cfg.eval.datasets, out=str(baseline),
                                  compute=ComputeConfig(replicas=cfg.eval.concurrency, batch_size=cfg.eval.batch_size)),
                   progress=False)
 
 
-def run_experiment(cfg: TuneConfig, resume: bool = False) -> Path:
+def run_experiment(cfg: TuneConfig, resume: bool = False) -> Location:
     """Train every trial, evaluate every checkpoint as it lands, and write the matrix and report."""
     from evaluators.report import write_report
 
-    out = Path(cfg.out).resolve()
+    out = Location(cfg.out)
+    out.check()
     claim_directory(cfg, out, resume)
     evaluator = CheckpointEvaluator(cfg, out)
     evaluator.start(first=None if cfg.vision_baseline is None else lambda: run_vision_baseline(cfg, out))
@@ -134,19 +137,19 @@ def run_experiment(cfg: TuneConfig, resume: bool = False) -> Path:
     return out
 
 
-def raise_mitigation_errors(evaluator: CheckpointEvaluator, out: Path) -> None:
+def raise_mitigation_errors(evaluator: CheckpointEvaluator, out: Location) -> None:
     if evaluator.builder is not None and evaluator.builder.errors:
         errors = evaluator.builder.errors
         raise EMTError(f"{len(errors)} mitigation(s) failed (first: {errors[0]}); every other row is in {out}. "
                        "Fix the cause and rerun: built rows are kept")
 
 
-def run_mitigations(cfg: TuneConfig) -> Path:
+def run_mitigations(cfg: TuneConfig) -> Location:
     """`emt mitigate`: the mitigations of `cfg` for the checkpoints of the finished run in `cfg.out`, evaluated
     through one Serve deployment like its other rows; then the matrix and report rebuilt."""
     from evaluators.report import write_report
 
-    out = Path(cfg.out).resolve()
+    out = Location(cfg.out)
     evaluator = CheckpointEvaluator(cfg, out)
     evaluator.start()
     evaluator.finish()

@@ -4,7 +4,8 @@ Ray Train V2 creates the final `checkpoint_*` directory first and then copies th
 parallel (pyarrow.fs.copy_files), so neither a file's presence nor the order the recipe wrote them in says the copy
 is done. The recipe therefore ends every checkpoint with CHECKPOINT_META: what the matrix needs to place it plus the
 size and sha256 of every other file. A checkpoint is complete when that JSON parses (a half-copied one does not) and
-every file it lists is there with its size and hash.
+every file it lists is there with its size and hash. In an object store each file is one atomic PUT, so a file of
+the listed size is whole: sizes suffice there, and nothing is downloaded to check.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from serving.engine import sha256_file
+from serving.storage import Location
 
 CHECKPOINT_META = "emt_checkpoint.json"
 
@@ -23,8 +25,9 @@ def write_meta(ckpt: Path, meta: dict) -> None:
     (ckpt / CHECKPOINT_META).write_text(json.dumps({**meta, "files": files}, indent=2, default=str))
 
 
-def complete_meta(ckpt: Path) -> dict | None:
+def complete_meta(ckpt: str | Location) -> dict | None:
     """The checkpoint's meta once every file it lists has arrived intact; None while any is missing or partial."""
+    ckpt = Location(ckpt)
     try:
         meta = json.loads((ckpt / CHECKPOINT_META).read_text())
     except (OSError, json.JSONDecodeError):
@@ -32,7 +35,9 @@ def complete_meta(ckpt: Path) -> dict | None:
     files = meta.get("files") if isinstance(meta, dict) else None
     if not files:
         return None  # not written by this recipe's write_meta
-    paths = {ckpt / name: entry for name, entry in files.items()}
-    if any(not p.is_file() or p.stat().st_size != e["size"] for p, e in paths.items()):
+    sizes = ckpt.sizes()
+    if any(sizes.get(name) != e["size"] for name, e in files.items()):
         return None  # cheap check first: hashing waits until every size is right
-    return meta if all(sha256_file(p) == e["sha256"] for p, e in paths.items()) else None
+    if not ckpt.local:
+        return meta
+    return meta if all(sha256_file(Path(ckpt.path) / n) == e["sha256"] for n, e in files.items()) else None

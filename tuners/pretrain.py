@@ -28,7 +28,7 @@ from evaluators.datasets import get_spec, load_split
 from evaluators.prompts import clip_prompt, corpus, eval_prompt, train_answer, train_prompt
 from serving.config import StrictModel
 from serving.errors import EMTError
-from serving.engine import default_cache_dir
+from serving.storage import default_cache_dir
 from serving.terminal import say
 from tuners.data import collate_examples, decode_images
 

@@ -21,6 +21,7 @@ from transformers import get_cosine_schedule_with_warmup
 from evaluators.datasets import get_spec
 from serving.adapters import save_projector_checkpoint
 from serving.faults import fault_point
+from serving.storage import Location
 from serving.transformers_engine import load_model_and_processor, pick_device_and_dtype
 from tuners.config import SEARCHABLE
 from tuners.data import collate
@@ -58,7 +59,7 @@ def epoch_batches(shard, config: dict, epoch: int, rows: int):
 
 
 def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path, base_val: dict,
-                    validation: dict) -> None:
+                    metrics: dict) -> None:
     """Trained weights in the format the server loads (adapter or projector), plus resumable state; the meta and
     manifest last, so the scanner can tell the copy Ray makes of this directory is complete (tuners.manifest)."""
     net = unwrap(model)
@@ -68,10 +69,10 @@ def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: 
     else:
         save_projector_checkpoint(net, out, config["model"], extra)
     torch.save({"epoch": epoch, "weights": trainable_state(net), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "base_val": base_val}, out / STATE_FILE)
+                "scheduler": scheduler.state_dict(), "base_val": base_val, "metrics": metrics}, out / STATE_FILE)
     write_meta(out, {**extra, "trial": ray.train.get_context().get_experiment_name(), "base_model": config["model"],
                      "hyperparameters": {k: config[k] for k in SEARCHABLE if k in config},
-                     "validation": validation})
+                     "validation": {k: v for k, v in metrics.items() if k in ("val_gain", "val_forgetting")}})
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -110,6 +111,9 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, base_val = state["epoch"], state["base_val"]
+        if start_epoch >= config["epochs"] and state.get("metrics"):
+            # Trained to the end before the run was stopped, but Tune never heard the last result: say it again
+            ray.train.report(state["metrics"])
     elif val_sets:  # before the first step the trainable weights are the base's (LoRA starts at zero)
         with mixed_precision(device, dtype):
             base_val = accuracies(unwrap(model), processor, val_sets, config["batch_size"])
@@ -141,15 +145,13 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                validation = {k: v for k, v in metrics.items() if k in ("val_gain", "val_forgetting")}
-                save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp), base_val, validation)
+                save_checkpoint(model, optimizer, scheduler, epoch, config, Path(tmp), base_val, metrics)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
         fault_point("train.checkpoint_reported")
         crash_after = os.environ.get(CRASH_ENV)
         if crash_after and int(crash_after) == epoch and rank == 0:
-            marker = Path(config["storage"]) / f".crashed-{ctx.get_experiment_name()}"
-            if not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+            marker = Location(config["storage"]) / f".crashed-{ctx.get_experiment_name()}"
+            if not marker.is_file():
+                marker.write_text("")
                 raise RuntimeError(f"injected crash after epoch {epoch} ({CRASH_ENV})")

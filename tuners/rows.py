@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
+from serving.storage import Location
 from tuners.manifest import CHECKPOINT_META, complete_meta
 
 MITIGATIONS_DIR = "mitigations"  # under the trials' storage, so the Serve app finds the patches by relative name
@@ -36,12 +36,13 @@ class Row:
                 "mitigation": self.mitigation, "mitigation_settings": self.mitigation_settings, "source": self.source}
 
 
-def checkpoint_rows(train_dir: Path, verified: dict[Path, dict] | None = None) -> list[Row]:
-    """Complete checkpoints under the trials' storage, one row each. `verified` caches the meta of checkpoints
-    already found complete, so each is hashed once."""
+def checkpoint_rows(train_dir: str | Location, verified: dict[Location, dict] | None = None) -> list[Row]:
+    """Complete checkpoints under the trials' storage (a directory or a store URI), one row each. `verified` caches
+    the meta of checkpoints already found complete, so each is hashed once."""
+    train_dir = Location(train_dir)
     verified = {} if verified is None else verified
     rows = []
-    for meta_file in sorted(train_dir.rglob(CHECKPOINT_META)):
+    for meta_file in (f for f in train_dir.files() if f.name == CHECKPOINT_META):
         ckpt = meta_file.parent
         meta = verified.get(ckpt) or complete_meta(ckpt)
         if meta is None:
@@ -50,20 +51,21 @@ def checkpoint_rows(train_dir: Path, verified: dict[Path, dict] | None = None) -
         rows.append(Row(
             # the directory name too: a retried epoch can leave two checkpoints of one (trial, epoch)
             row_id=f"{meta['method']}-{meta['train_dataset']}-{meta['trial']}-e{meta['epoch']}-{ckpt.name}",
-            served_name=str(ckpt.relative_to(train_dir)), method=meta["method"],
+            served_name=ckpt.relative_to(train_dir), method=meta["method"],
             train_dataset=meta["train_dataset"], epoch=int(meta["epoch"]), trial_id=meta["trial"],
             hyperparameters=meta["hyperparameters"], checkpoint=str(ckpt), validation=meta.get("validation") or {},
         ))
     return rows
 
 
-def mitigation_rows(train_dir: Path) -> list[Row]:
-    """Every finished patch under DIR/train/mitigations/ (a directory there is complete: it is renamed into place)."""
+def mitigation_rows(train_dir: str | Location) -> list[Row]:
+    """Every finished patch under DIR/train/mitigations/ (complete: renamed into place, or its meta uploaded last)."""
+    train_dir = Location(train_dir)
     rows = []
-    for meta_file in sorted((train_dir / MITIGATIONS_DIR).glob("*/emt_adapter.json")):
+    for meta_file in (train_dir / MITIGATIONS_DIR).glob("*/emt_adapter.json"):
         if meta_file.parent.name.endswith(".partial"):
             continue
         meta = json.loads(meta_file.read_text())
-        rows.append(Row(**{**meta[PATCH_ROW], "served_name": meta_file.parent.relative_to(train_dir).as_posix(),
+        rows.append(Row(**{**meta[PATCH_ROW], "served_name": meta_file.parent.relative_to(train_dir),
                            "checkpoint": str(meta_file.parent)}))
     return rows

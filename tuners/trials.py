@@ -6,7 +6,6 @@ name) - after a crash or `Tuner.restore` - resumes from its latest checkpoint.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -44,7 +43,7 @@ def param_space(cfg: TuneConfig) -> dict[str, Any]:
     space = {**cfg.defaults,
              **{k: to_tune(v, random and k not in GRID_ALWAYS) for k, v in cfg.search.space.items()}}
     space.update(
-        model=cfg.model.name, dtype=cfg.model.dtype, storage=str(Path(cfg.out).resolve() / "train"),
+        model=cfg.model.name, dtype=cfg.model.dtype, storage=f"{cfg.out}/train",
         train_split=cfg.train.split, train_limit=cfg.train.limit, train_seed=cfg.train.seed,
         train_sources=cfg.train.sources, num_workers=cfg.resources.num_workers,
         use_gpu=cfg.resources.use_gpu, cpus_per_worker=cfg.resources.cpus_per_worker,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from cluster.commands.tune import print_study
 from serving import terminal
@@ -22,14 +21,17 @@ def run_tailor(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
     from tuners.mitigations.settings import TailorSettings, parse_layers
+    from serving.storage import Location, local_dir
     from tuners.mitigations.weights import check_checkpoint
+
+    Location(args.out).check()
 
     settings = parse_config(TailorSettings, None, {k: getattr(args, k) for k in TAILOR_FLAGS
                                                    if getattr(args, k) is not None})
     get_spec(args.dataset)
     config = AutoConfig.from_pretrained(model_source(args.model))
     parse_layers(settings.layers, config.get_text_config().num_hidden_layers)
-    check_checkpoint(args.checkpoint, args.model)
+    check_checkpoint(local_dir(args.checkpoint), args.model)
     terminal.say(f"tailor: {args.checkpoint} on {args.model}, calibrated on {args.dataset}'s training data, "
                  f"keeping {settings.keep:.0%} of each block")
     started = time.perf_counter()
@@ -37,6 +39,7 @@ def run_tailor(args: argparse.Namespace) -> int:
                       meta={"train_dataset": args.dataset}, dtype=args.dtype)
     terminal.say(f"tailor: patch in {out} ({time.perf_counter() - started:.0f} s); serve it as an adapter: "
                  f"emt serve --model {args.model} --adapter tailored={out}")
+    terminal.say(f"results: {out}")
     return 0
 
 
@@ -45,10 +48,11 @@ def run_mitigate(args: argparse.Namespace) -> int:
     from cluster.config import parse_config, read_yaml
     from cluster.runtime import init_ray
     from serving.errors import EMTError
+    from serving.storage import Location
     from tuners.config import TuneConfig
     from tuners.experiment import CONFIG_FILE, run_mitigations
 
-    out = Path(args.run_dir)
+    out = Location(args.run_dir)
     if not (out / CONFIG_FILE).is_file():
         raise EMTError(f"{out} is not a directory of `emt tune` (no {CONFIG_FILE}): pass the --out of a tuning run")
     mitigations = read_yaml(args.config).get("mitigations")

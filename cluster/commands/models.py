@@ -42,15 +42,17 @@ def pretrain(out: Path, config_file: str | None = None, seed: int | None = None)
 
 def run_pretrain(args: argparse.Namespace) -> int:
     pretrain(Path(args.out), args.config, args.seed)
+    terminal.say(f"results: {Path(args.out).resolve()}")
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """The whole study on the offline world: the trained base, its CLIP baseline, trials, matrix and report."""
     from cluster.commands.tune import run_tune
+    from serving.storage import Location
 
     mllm, clip = pretrain(Path(args.base), args.pretrain_config)
-    resume = (Path(args.out) / "experiment.json").exists()  # a second demo finishes or reuses the first one's
+    resume = (Location(args.out) / "experiment.json").is_file()  # a second demo finishes or reuses the first one's
     return run_tune(argparse.Namespace(config=str(args.config), out=args.out, resume=resume),
                     {"model": {"name": str(mllm)}, "vision_baseline": {"name": str(clip)}})
 

@@ -24,7 +24,7 @@ from evaluators.judges import JUDGES, Verdict, model_verdict
 from evaluators.judges.cache import VerdictCache
 from evaluators.judges.rule import RuleJudge
 from evaluators.prompts import display_name
-from serving.engine import default_cache_dir
+from serving.storage import default_cache_dir
 from serving.errors import EMTError
 
 PROMPT = ('Please only answer the question in yes or no. Is the "Prediction" correctly predicting the right "Label"? '

@@ -3,13 +3,15 @@ mitigate, save - read top to bottom."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from evaluators.datasets import get_spec, load_split
-from serving.adapters import save_patch
+from serving.adapters import PROJECTOR_META, save_patch
+from serving.storage import Location, local_dir
 from serving.transformers_engine import load_model_and_processor
 from tuners.data import collate
 from tuners.methods import modules_of
@@ -132,20 +134,21 @@ def tailor(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: Ta
 
 
 def build_patch(base_model: str, checkpoints: list[str], datasets: list[str], mitigation: str, settings: dict,
-                out: str | Path, meta: dict | None = None, dtype: str = "auto") -> Path:
+                out: str | Path, meta: dict | None = None, dtype: str = "auto") -> Location:
     """Write the patch of `mitigation` (with `settings`) of the fine-tunes `checkpoints` (tuned on `datasets`) of
-    `base_model` to `out`, atomically: a directory that exists is complete."""
+    `base_model` to `out` (a local directory or a store URI), atomically: a directory that exists is complete."""
     # --- setup -----------------------------------------------------------------------------------------------------
-    out = Path(out)
+    out = Location(out)
     started = time.perf_counter()
     spec = MITIGATIONS.get(mitigation)
     s = spec.settings(**settings)
-    for checkpoint in checkpoints:
+    local = [local_dir(c) for c in checkpoints]  # a checkpoint in a store is fetched once, into the cache
+    for checkpoint in local:
         check_checkpoint(checkpoint, base_model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base, processor = load_model_and_processor(base_model, device=device, dtype=dtype)
     pre = parameters(base)
-    fine_tuned = [merged(base, c) for c in checkpoints]
+    fine_tuned = [merged(base, c) for c in local]
 
     # --- mitigate --------------------------------------------------------------------------------------------------
     stats: dict = {}
@@ -175,11 +178,18 @@ def build_patch(base_model: str, checkpoints: list[str], datasets: list[str], mi
             new[name] = value.to(pre[name].dtype)
 
     # --- save ------------------------------------------------------------------------------------------------------
-    tmp = out.with_name(out.name + ".partial")
+    meta = {**(meta or {}), "mitigation": mitigation, "settings": s.model_dump(), "sources": list(checkpoints),
+            "datasets": list(datasets), "stats": stats, "seconds": round(time.perf_counter() - started, 2)}
+    if not out.local:  # a store has no rename: the meta goes last, and a patch is complete once it is there
+        with tempfile.TemporaryDirectory() as tmp:
+            save_patch(tmp, new, pre, base_model, meta)
+            out.delete()
+            out.upload(Path(tmp), last=PROJECTOR_META)
+        return out
+    target = Path(out.path)
+    tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_patch(tmp, new, pre, base_model, {
-        **(meta or {}), "mitigation": mitigation, "settings": s.model_dump(), "sources": list(checkpoints),
-        "datasets": list(datasets), "stats": stats, "seconds": round(time.perf_counter() - started, 2)})
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    save_patch(tmp, new, pre, base_model, meta)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
     return out

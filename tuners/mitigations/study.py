@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 import ray
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving import terminal
 from serving.config import StrictModel
+from serving.storage import Location
 from tuners.mitigations import MITIGATIONS
 from tuners.rows import MITIGATIONS_DIR, PATCH_ROW, Row
 
@@ -129,7 +129,7 @@ class Builder:
     """Submits every planned patch not built yet as a Ray task and collects failures (said at once, raised by the
     run once the matrix of everything else is written)."""
 
-    def __init__(self, cfg, train_dir: Path) -> None:
+    def __init__(self, cfg, train_dir: Location) -> None:
         self.cfg, self.dir = cfg, train_dir / MITIGATIONS_DIR
         self.pending: dict[ray.ObjectRef, Job] = {}
         self.submitted: set[str] = set()
