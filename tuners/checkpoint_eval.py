@@ -69,8 +69,11 @@ class CheckpointEvaluator:
         """Host the model, then scan in a thread: `first` (the CLIP baseline), the base row and the checkpoints are
         evaluated there while the trials start up, so the cluster is busy from the start."""
         _SCANNER_ERRORS.pop(str(self.out), None)
+        # A study that trains on GPUs evaluates on them too, even on an autoscaled cluster with no GPU node up yet
+        # ("auto" would see none and load the model on CPUs).
         serve_cfg = ServeConfig(model=self.cfg.model, replicas=self.cfg.serve_replicas, adapters_dir=str(self.train_dir),
-                                app_name=APP, max_batch_size=self.cfg.eval.batch_size)
+                                app_name=APP, max_batch_size=self.cfg.eval.batch_size,
+                                gpus_per_replica=1.0 if self.cfg.resources.use_gpu else "auto")
         status = serve.status()
         self._serve_was_running = bool(status.proxies or status.applications)
         if not self._serve_was_running:
