@@ -84,6 +84,7 @@ def build_dataset(cfg: BaselineConfig, work: list[DatasetWork]) -> ray.data.Data
             batch_format="pyarrow",
             num_cpus=cfg.compute.cpus_per_replica,
             num_gpus=gpus_per_replica(cfg.compute.gpus_per_replica) or None,
+            resources=cfg.compute.resources or None,
         )
     )
 

@@ -315,7 +315,8 @@ def build_app(config: ServeConfig) -> serve.Application:
         if config.min_replicas is not None else {"num_replicas": config.replicas}
     )
     server = ModelServer.options(
-        ray_actor_options={"num_cpus": config.cpus_per_replica, "num_gpus": resolve_gpus(config)},
+        ray_actor_options={"num_cpus": config.cpus_per_replica, "num_gpus": resolve_gpus(config),
+                           **({"resources": dict(config.resources)} if config.resources else {})},
         max_ongoing_requests=2 * config.max_batch_size,  # one batch generating while the next one fills
         **scaling,
     ).bind(config)

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 
+from cluster.commands.evaluate import resource_pair
 from serving import terminal
 from serving.errors import EMTError
 
@@ -43,6 +44,7 @@ def serve_config(args: argparse.Namespace):
         "model": {"name": args.model, **({"backend": args.backend} if args.backend else {})},
         "replicas": args.replicas, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
         "gpus_per_replica": args.gpus_per_replica, "cpus_per_replica": args.cpus_per_replica,
+        "resources": dict(args.replica_resources) if args.replica_resources else None,
         "api_key": args.api_key or os.environ.get("EMT_API_KEY"), "host": args.host, "port": args.port,
         "adapters": parse_adapters(args.adapter), "adapters_dir": None if adapters_uri else args.adapters_dir,
         "allowed_image_dirs": args.allow_images_from, "max_batch_size": args.max_batch_size,
@@ -123,6 +125,8 @@ def register(sub) -> None:
     p.add_argument("--max-replicas", type=int)
     p.add_argument("--gpus-per-replica", type=float, help="default: 1 when the cluster has GPUs, else 0")
     p.add_argument("--cpus-per-replica", type=float, help="logical CPUs per replica (default 0.5)")
+    p.add_argument("--replica-resources", action="append", type=resource_pair, metavar="NAME=AMOUNT",
+                   help="a custom Ray resource each replica needs (e.g. serve_node=1); repeat for several")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $EMT_API_KEY, else open)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")

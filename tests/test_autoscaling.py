@@ -1,0 +1,206 @@
+"""Autoscaling on Ray's fake multi-node provider: a head started with `--autoscaling-config` whose autoscaler
+"launches" worker nodes of the configured types as local raylets. The work asks for custom resources only those
+types have, so the autoscaler must launch them; with a short idle timeout it must remove them afterwards.
+
+Run with -s to see the measured launch and release times (BENCHMARKS.md, "Autoscaling (fake multi-node)")."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cluster_helpers import REPO, Head, free_port, ray_head
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # each took 1-5 min on 2 shared, busy cores
+
+FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's head (ray.autoscaler._private.fake_multi_node)
+IDLE_TIMEOUT_MINUTES = 0.1  # 6 s of idleness and a worker node goes back
+
+
+def autoscaler_config(gcs: str, head_cpus: int, workers: dict[str, dict]) -> dict:
+    """A fake_multinode cluster config, written out in full: the PyPI wheel lacks the `example.yaml` that
+    `ray.cluster_utils.AutoscalingCluster` reads (and that class runs `ray stop --force`, which would end every
+    Ray of this machine's user). `workers`: node type -> its resources (CPU and custom ones) and max_workers."""
+    types = {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}}
+    for name, spec in workers.items():
+        types[name] = {"resources": spec["resources"], "node_config": {}, "min_workers": 0,
+                       "max_workers": spec["max_workers"]}
+    return {
+        "cluster_name": "emt-fake",
+        "max_workers": sum(spec["max_workers"] for spec in workers.values()),
+        # gcs_address: the provider's nodes join this head (the provider defaults to port 6379, another Ray's maybe);
+        # launch_multiple: a request for N nodes starts N (otherwise one per autoscaler round).
+        # type external: the fake_multinode type makes autoscaler v2 read its defaults from that missing example.yaml
+        "provider": {"type": "external", "module": "ray.autoscaler._private.fake_multi_node.node_provider."
+                     "FakeMultiNodeProvider", "gcs_address": gcs, "launch_multiple": True,
+                     "head_node_id": FAKE_HEAD_NODE_ID, "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True},
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": IDLE_TIMEOUT_MINUTES,
+        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+
+
+def fake_cluster(tmp_path: Path, workers: dict[str, dict], head_cpus: int = 2):
+    """A head with an autoscaler over the fake provider (its monitor re-plans every second)."""
+    gcs_port = free_port()
+    config = tmp_path / "autoscaler.json"  # YAML is a superset of JSON: `ray start` reads it as it reads YAML
+    config.write_text(json.dumps(autoscaler_config(f"127.0.0.1:{gcs_port}", head_cpus, workers)))
+    # Autoscaler v2 (as ray.cluster_utils.AutoscalingCluster(autoscaler_v2=True) sets it up): v1 with this provider,
+    # whose node launches take seconds each here, queued more nodes while three were starting, then removed one
+    # past max_workers with a trial on it. v2 tracks each instance from request to running.
+    # raylet_start_wait_time_s: on 2 busy cores (load 20) the head's raylet once took over Ray's 60 s to register.
+    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "1",
+           "RAY_raylet_start_wait_time_s": "300",
+           "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}
+    return ray_head(tmp_path, f"--autoscaling-config={config}", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+                    num_cpus=head_cpus, env=env)
+
+
+def nodes_with(head: Head, resource: str) -> list[dict]:
+    return [n for n in head.nodes() if resource in (n.get("resources_total") or {})]
+
+
+def wait_for(what: str, check, poll_s: float = 0.5):
+    """Poll `check` until it returns something truthy; pytest's timeout bounds a state that never comes."""
+    while not (found := check()):
+        time.sleep(poll_s)
+    return found
+
+
+def wants(entry: dict, resource: str) -> bool:
+    """A task or actor that asked for `resource`, directly or through a placement group (`<resource>_group_<id>`)."""
+    return any(k == resource or k.startswith(f"{resource}_group_") for k in (entry.get("required_resources") or {}))
+
+
+def demand(head: Head, resource: str) -> list[dict]:
+    """The tasks and actor creation tasks that asked for `resource`, with their creation and start times."""
+    tasks = head.api("/api/v0/tasks?detail=1&limit=10000")["data"]["result"]["result"]
+    wanting = [t for t in tasks if wants(t, resource)]
+    assert wanting, f"no task asked for {resource}"
+    return wanting
+
+
+def placement_group_asked_ms(head: Head, resource: str) -> float | None:
+    """When the first placement group with a bundle of `resource` reached the GCS (Tune asks for a trial's
+    resources this way, before the trial's actor exists); None if none did."""
+    groups = head.api("/api/v0/placement_groups?detail=1&limit=10000")["data"]["result"]["result"]
+    times = [int(g["stats"]["creation_request_received_ns"]) / 1e6 for g in groups
+             if any(resource in (b.get("unit_resources") or {}) for b in g.get("bundles") or [])
+             and (g.get("stats") or {}).get("creation_request_received_ns")]
+    return min(times) if times else None
+
+
+def actors_wanting(head: Head, resource: str) -> list[dict]:
+    actors = head.api("/api/v0/actors?detail=1&limit=10000")["data"]["result"]["result"]
+    return [a for a in actors if wants(a, resource)]
+
+
+def actor_nodes(head: Head, resource: str) -> set[str]:
+    """The nodes that the actors which asked for `resource` ran on."""
+    return {a["node_id"] for a in actors_wanting(head, resource)}
+
+
+def idle_since_ms(head: Head, node_id: str, resource: str) -> int:
+    """When the node went idle: the end of the last worker process on it that hosted an actor asking for
+    `resource` (the replica, the trial: what held the node's resources)."""
+    pids = {a["pid"] for a in actors_wanting(head, resource) if a["node_id"] == node_id}
+    workers = head.api("/api/v0/workers?detail=1&limit=10000")["data"]["result"]["result"]
+    ends = [w["end_time_ms"] for w in workers if w.get("node_id") == node_id and w.get("pid") in pids]
+    assert ends and all(ends), f"no end time for the actor workers {pids} of node {node_id}"
+    return max(ends)
+
+
+def test_eval_replicas_launch_their_node_type_which_goes_back_when_idle(tmp_path, tiny_model):
+    workers = {"ray.worker.eval": {"resources": {"CPU": 2, "eval_node": 1}, "max_workers": 1}}
+    with fake_cluster(tmp_path, workers) as head:
+        assert not nodes_with(head, "eval_node"), "the eval node type must start with no node"
+        out = tmp_path / "job-out"
+        submitted = time.time()
+        result = head.job("submit", "--working-dir", str(REPO), "--",
+                          "python", "-m", "cluster.jobs", "eval", "--model", tiny_model, "--dataset", "digits",
+                          "--limit", "12", "--max-tokens", "4", "--batch-size", "4", "--out", str(out),
+                          "--no-progress", "--replica-resources", "eval_node=1")
+        job_s = time.time() - submitted
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-4000:]
+        assert "succeeded" in log
+
+        assert (launched := nodes_with(head, "eval_node")), "no node of the eval type was launched"
+        assert len(launched) == 1
+        node = launched[0]
+        assert pq.read_table(out / "samples.parquet").num_rows == 12
+        assert json.loads((out / "summary.json").read_text())["datasets"]["digits"]["n"] == 12
+
+        # Released after the idle timeout: wait on the node's state, not a clock.
+        wait_for("the eval node to go", lambda: all(n["state"] == "DEAD" for n in nodes_with(head, "eval_node")))
+        gone = next(n for n in head.nodes() if n["node_id"] == node["node_id"])
+        replicas = demand(head, "eval_node")
+        asked = min(t["creation_time_ms"] for t in replicas)
+        running = min(t["start_time_ms"] for t in replicas if t.get("start_time_ms"))
+        assert actor_nodes(head, "eval_node") == {node["node_id"]}, "the replica ran on the launched node"
+        launch_s = (node["start_time_ms"] - asked) / 1000
+        release_s = (gone["end_time_ms"] - idle_since_ms(head, node["node_id"], "eval_node")) / 1000
+        print(f"\n[autoscaling] eval: replica asked -> eval node's raylet started {launch_s:.1f} s, -> replica "
+              f"running on it {(running - asked) / 1000:.1f} s; node idle -> removed {release_s:.1f} s "
+              f"(idle_timeout {IDLE_TIMEOUT_MINUTES * 60:.0f} s); whole job {job_s:.1f} s")
+        assert 0 <= launch_s < 120
+        assert IDLE_TIMEOUT_MINUTES * 60 * 0.9 <= release_s < 120
+
+
+TRIAL_JOB = '''
+"""Three trials, each needing the one trial_slot a trial node has: two must wait for nodes to be launched."""
+import sys, time
+from ray import tune
+
+def trial(config):
+    time.sleep(config["seconds"])
+    tune.report({"score": config["x"]})
+
+tuner = tune.Tuner(
+    tune.with_resources(trial, {"cpu": 1, "trial_slot": 1}),
+    param_space={"x": tune.grid_search([1, 2, 3]), "seconds": 8},
+    run_config=tune.RunConfig(storage_path=sys.argv[1], name="fake-autoscaling", verbose=0),
+)
+results = tuner.fit()
+assert not results.errors, results.errors
+print("best score", results.get_best_result("score", "max").metrics["score"])
+'''
+
+
+def test_tune_trials_beyond_capacity_launch_more_nodes(tmp_path):
+    workers = {"ray.worker.trial": {"resources": {"CPU": 1, "trial_slot": 1}, "max_workers": 3}}
+    with fake_cluster(tmp_path, workers) as head:
+        job_dir = tmp_path / "job"
+        job_dir.mkdir()
+        (job_dir / "trials.py").write_text(TRIAL_JOB)
+        # No --working-dir: with it, trial actors on the fake nodes failed in os.getcwd() (FileNotFoundError), their
+        # unpacked working dir gone; the fake nodes are raylets of one machine sharing one session dir, so one
+        # node's runtime-env agent presumably removed it under another node's trial. The script's path is the
+        # same on every node anyway.
+        result = head.job("submit", "--", "python", str(job_dir / "trials.py"), str(tmp_path / "tune-results"))
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-4000:]
+        assert "best score 3" in log
+
+        launched = nodes_with(head, "trial_slot")
+        assert len(launched) > 1, f"{len(launched)} trial node(s) launched for 3 one-node trials"
+        assert actor_nodes(head, "trial_slot") == {n["node_id"] for n in launched}, "each trial node ran a trial"
+        asked = placement_group_asked_ms(head, "trial_slot")
+        assert asked, "Tune asked for the trials' resources with placement groups"
+        starts = sorted((n["start_time_ms"] - asked) / 1000 for n in launched)
+        wait_for("the trial nodes to go", lambda: all(n["state"] == "DEAD" for n in nodes_with(head, "trial_slot")))
+        ends = sorted((n["end_time_ms"] - idle_since_ms(head, n["node_id"], "trial_slot")) / 1000
+                      for n in nodes_with(head, "trial_slot"))
+        print(f"\n[autoscaling] tune: {len(launched)} trial nodes' raylets started "
+              f"{', '.join(f'{s:.1f}' for s in starts)} s after the first trial's placement group was asked for; "
+              f"idle -> removed "
+              f"{', '.join(f'{e:.1f}' for e in ends)} s")
