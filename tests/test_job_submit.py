@@ -1,18 +1,25 @@
-"""The eval job submitted with `ray job submit --working-dir .` to a Ray head this test starts (and alone stops)."""
+"""Jobs submitted with `ray job submit --working-dir .` to a Ray head each test starts (and alone stops): eval, tune
+and the demo; each job's log names where its results are. A tune job stopped with `ray job stop` at a known point
+(fault injection, not a timer) is finished by the same command with --resume, evaluating nothing twice."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,10 +40,14 @@ def ray_head(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=4",
+    # A temp dir of its own (short: it holds unix sockets): a job's driver finds its cluster through the file
+    # `ray_current_cluster` there, which in the machine-wide /tmp/ray any other head or test cluster rewrites.
+    temp_dir = tempfile.mkdtemp(prefix="emt-ray-")
+    # 8 logical CPUs on 2 cores: Serve, Data and Tune hold slots, not cores (cluster.runtime.LOCAL_MIN_CPUS)
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=8",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}", f"--temp-dir={temp_dir}"]
     head = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=(tmp_path / "head.log").open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
@@ -55,6 +66,7 @@ def ray_head(tmp_path):
                 pass
         if sig == signal.SIGTERM:
             psutil.wait_procs([p for p in map(_proc, tree) if p], timeout=10)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _proc(pid: int):
@@ -64,6 +76,7 @@ def _proc(pid: int):
         return None
 
 
+@pytest.mark.slow
 def test_eval_job_through_ray_job_submit(ray_head, tiny_model, tmp_path):
     address, env = ray_head
     out = tmp_path / "job-out"
@@ -76,6 +89,118 @@ def test_eval_job_through_ray_job_submit(ray_head, tiny_model, tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "succeeded" in log
+    assert f"results: {out}/samples.parquet" in log, "the job's log says where its results are"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["datasets"]["digits"]["n"] == 12
     assert (out / "samples.parquet").exists()
+
+
+def job(address: str, env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`ray job ARGS --address HEAD`, as a user types it."""
+    return subprocess.run([str(BIN / "ray"), "job", args[0], "--address", address, *args[1:]], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit(address: str, env: dict, submission_id: str, command: list[str], *, job_env: dict | None = None,
+           wait: bool = True) -> subprocess.CompletedProcess:
+    """`ray job submit` of `python -m cluster.jobs COMMAND` with this repository as the working dir; without
+    `wait` it returns once the job is submitted."""
+    runtime = ["--runtime-env-json", json.dumps({"env_vars": job_env})] if job_env else []
+    return job(address, env, "submit", "--submission-id", submission_id, "--working-dir", str(REPO), *runtime,
+               *([] if wait else ["--no-wait"]), "--", "python", "-m", "cluster.jobs", *command)
+
+
+def job_status(address: str, env: dict, submission_id: str) -> str:
+    """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED, as `ray job status` says it."""
+    result = job(address, env, "status", submission_id)
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-2000:]
+    for status, words in (("SUCCEEDED", "succeeded"), ("STOPPED", "was stopped"), ("FAILED", "failed")):
+        if f"Job '{submission_id}' {words}" in text:
+            return status
+    match = re.search(rf"Status for job '{submission_id}': (?:JobStatus\.)?(\w+)", text)
+    assert match, text[-2000:]
+    return match.group(1)
+
+
+def tiny_tune(tmp_path: Path, model: str) -> Path:
+    """The smallest study with every kind of row: the base and two epochs of one trial, on two datasets."""
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": model},
+        "train": {"limit": 32},
+        "eval": {"datasets": [{"name": "digits", "limit": 12}, {"name": "colors", "limit": 12}],
+                 "generation": {"max_tokens": 4}, "batch_size": 12, "validation_limit": 8},
+        "search": {"space": {"method": ["linear"], "train_dataset": ["digits"], "epochs": 2, "batch_size": 16,
+                             "lr": 0.003, "projector_lr": 0.01}},
+        "resources": {"max_concurrent_trials": 1, "max_failures": 1},
+        "out": str(tmp_path / "unused")}))
+    return path
+
+
+def part_keys(out: Path) -> dict[str, list[str]]:
+    """Every key in each row's stored parts (a key twice would be a sample evaluated twice)."""
+    return {row.name: [k for p in sorted((row / "parts").glob("*.parquet"))
+                       for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()]
+            for row in sorted((out / "evals").iterdir())}
+
+
+@pytest.mark.slow
+def test_tune_job_stopped_then_resumed_evaluates_each_row_once(ray_head, tiny_model, tmp_path):
+    address, env = ray_head
+    config, out, fired = tiny_tune(tmp_path, tiny_model), tmp_path / "study", tmp_path / "fired"
+    command = ["tune", "--config", str(config), "--out", str(out)]
+    started = time.perf_counter()
+    # The job's evaluator parks for good once its second row (the base, then a checkpoint) is evaluated.
+    result = submit(address, env, "tune-first", command, wait=False,
+                    job_env={"EMT_FAULT": "tune.row_evaluated:2:hang", "EMT_FAULT_FILE": str(fired)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    checks = 0
+    while not fired.exists():
+        checks += 1
+        if checks % 20 == 0:  # the CLI costs a core-second: look at the job now and then, the file always
+            assert job_status(address, env, "tune-first") in ("PENDING", "RUNNING"), \
+                job(address, env, "logs", "tune-first").stdout[-4000:]
+        time.sleep(0.5)
+    before = {p: p.stat().st_mtime_ns for p in out.glob("evals/*/parts/*.parquet")}
+    assert len({p.parent.parent.name for p in before}) == 2, "the base and one checkpoint were evaluated"
+
+    stopped = job(address, env, "stop", "tune-first")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert job_status(address, env, "tune-first") == "STOPPED"
+    stopped_at = time.perf_counter() - started
+
+    result = submit(address, env, "tune-resumed", [*command, "--resume"])
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "succeeded" in log, log[-4000:]
+    assert f"results: {out}" in log, "the job's log says where its results are"
+    matrix = pq.read_table(out / "matrix.parquet").to_pylist()
+    assert {(r["method"], r["epoch"], r["eval_dataset"]) for r in matrix} == {
+        (m, e, d) for m, e in (("base", None), ("linear", 1), ("linear", 2)) for d in ("digits", "colors")}
+    keys = part_keys(out)
+    assert len(keys) == 3 and all(len(k) == len(set(k)) == 2 * 12 for k in keys.values()), \
+        "every (row, sample) evaluated once across the stopped job and the resumed one"
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "parts written before the stop were kept"
+    print(f"tune job: stopped after {stopped_at:.0f} s, resumed job done at {time.perf_counter() - started:.0f} s")
+
+
+@pytest.mark.slow
+def test_demo_job_names_its_results(ray_head, trained_base, tmp_path):
+    """`emt demo` as a job: the trained base from the session's cache (no pretraining in the job), a one-trial study."""
+    address, env = ray_head
+    config = tiny_tune(tmp_path, "set-by-the-demo")
+    data = yaml.safe_load(config.read_text())
+    data["search"]["space"]["epochs"] = 1
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "demo"
+    started = time.perf_counter()
+    result = submit(address, env, "demo", ["demo", "--out", str(out), "--base", str(tmp_path / "base"),
+                                           "--config", str(config)],
+                    job_env={"EMT_CACHE_DIR": str(trained_base)})
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "succeeded" in log, log[-4000:]
+    assert "not retraining" in log, "the base came from the cache"
+    assert f"results: {out}" in log and f"report: {out}/report.html" in log
+    matrix = pq.read_table(out / "matrix.parquet").to_pylist()
+    assert {(r["method"], r["epoch"]) for r in matrix} == {("base", None), ("linear", 1)}
+    print(f"demo job: {time.perf_counter() - started:.0f} s")

@@ -28,9 +28,11 @@ def run_tune(args: argparse.Namespace, overrides: dict | None = None) -> int:
 
 
 def print_study(out) -> None:
-    """The matrix as a table, then where its files, the report and the logs are."""
+    """The matrix as a table, then where its files, the report and the logs are; `results:` names the experiment's
+    directory (absolute, or its URI), which a job's log shows whichever node it ran on."""
     terminal.say((out / "matrix.md").read_text())
     terminal.say(f"matrix: {out}/matrix.parquet, {out}/matrix.csv, {out}/matrix.md; report: {out}/report.html")
+    terminal.say(f"results: {out}")
     print_log_path()
 
 
