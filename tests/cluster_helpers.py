@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -62,10 +64,16 @@ def ray_head(workdir: Path, *args: str, num_cpus: int = 4, env: dict | None = No
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": secrets.token_hex(32), **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
+    # A temp dir of its own (short: it holds unix sockets): a job's driver is given the address that the file
+    # `ray_current_cluster` there names (Ray's job supervisor resolves "auto"), and in the machine-wide /tmp/ray any
+    # other head or test cluster rewrites it: an emt tune job once joined another engineer's cluster that way.
+    # Nodes that join this head (the fake provider's) use the head's temp dir.
+    temp_dir = tempfile.mkdtemp(prefix="emt-ray-")
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}", f"--num-cpus={num_cpus}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}", *args]
+           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+           f"--temp-dir={temp_dir}", *args]
     log = workdir / "head.log"
     proc = subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -78,6 +86,7 @@ def ray_head(workdir: Path, *args: str, num_cpus: int = 4, env: dict | None = No
         yield head
     finally:
         kill_tree(proc.pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def kill_tree(pid: int) -> None:

@@ -1,6 +1,8 @@
 """Autoscaling on Ray's fake multi-node provider: a head started with `--autoscaling-config` whose autoscaler
 "launches" worker nodes of the configured types as local raylets. The work asks for custom resources only those
-types have, so the autoscaler must launch them; with a short idle timeout it must remove them afterwards.
+types have, so the autoscaler must launch them; with a short idle timeout it must remove them afterwards. Three
+users of it: an `emt eval` job whose replicas ask `--replica-resources eval_node=1`, a bare Tune run with more
+trials than nodes, and an `emt tune` job whose Train workers ask `resources_per_worker: {trainer: 1}`.
 
 Run with -s to see the measured launch and release times (BENCHMARKS.md, "Autoscaling (fake multi-node)")."""
 from __future__ import annotations
@@ -204,3 +206,44 @@ def test_tune_trials_beyond_capacity_launch_more_nodes(tmp_path):
               f"{', '.join(f'{s:.1f}' for s in starts)} s after the first trial's placement group was asked for; "
               f"idle -> removed "
               f"{', '.join(f'{e:.1f}' for e in ends)} s")
+
+
+def test_emt_tune_trainers_launch_their_node_type(tmp_path, tiny_model):
+    """`emt tune` as a job, two trials at once whose Train workers hold `resources_per_worker: {trainer: 1}`
+    (and no CPU): the autoscaler launches a trainer node per trial; the study finishes with every row."""
+    workers = {"ray.worker.trainer": {"resources": {"CPU": 1, "trainer": 1}, "max_workers": 2}}
+    config = tmp_path / "tune.yaml"
+    config.write_text(json.dumps({
+        "model": {"name": tiny_model},
+        "train": {"limit": 32},
+        "eval": {"datasets": [{"name": "digits", "limit": 8}], "generation": {"max_tokens": 4}, "batch_size": 8,
+                 "validation_limit": 8},
+        "search": {"space": {"method": ["linear"], "train_dataset": ["digits"], "epochs": 1, "batch_size": 16,
+                             "lr": [0.003, 0.001], "projector_lr": 0.01}},
+        "resources": {"max_concurrent_trials": 2, "max_failures": 0, "cpus_per_worker": 0,
+                      "resources_per_worker": {"trainer": 1}},
+        "out": str(tmp_path / "unused")}))
+    out = tmp_path / "study"
+    # 8 logical CPUs on the head: the study's Serve replica, eval actors and trial drivers hold slots, not cores.
+    with fake_cluster(tmp_path, workers, head_cpus=8) as head:
+        started = time.time()
+        # No --working-dir (see the Tune test above): the project is installed in this venv, as on every fake node.
+        result = head.job("submit", "--", "python", "-m", "cluster.jobs", "tune", "--config", str(config),
+                          "--out", str(out))
+        job_s = time.time() - started
+        log = result.stdout + result.stderr
+        assert result.returncode == 0 and "succeeded" in log, log[-4000:]
+
+        launched = nodes_with(head, "trainer")
+        assert len(launched) == 2, f"{len(launched)} trainer node(s) for 2 concurrent trials"
+        assert actor_nodes(head, "trainer") == {n["node_id"] for n in launched}, "each trainer node trained"
+        matrix = pq.read_table(out / "matrix.parquet").to_pylist()
+        assert {(r["method"], r["epoch"]) for r in matrix} == {("base", None), ("linear", 1)} and len(matrix) == 3
+        asked = placement_group_asked_ms(head, "trainer")
+        starts = sorted((n["start_time_ms"] - asked) / 1000 for n in launched)
+        wait_for("the trainer nodes to go", lambda: all(n["state"] == "DEAD" for n in nodes_with(head, "trainer")))
+        ends = sorted((n["end_time_ms"] - idle_since_ms(head, n["node_id"], "trainer")) / 1000
+                      for n in nodes_with(head, "trainer"))
+        print(f"\n[autoscaling] emt tune: trainer nodes started {', '.join(f'{s:.1f}' for s in starts)} s after "
+              f"the first trainer placement group; idle -> removed {', '.join(f'{e:.1f}' for e in ends)} s; "
+              f"whole job {job_s:.1f} s")
