@@ -4,76 +4,26 @@ and the demo; each job's log names where its results are. A tune job stopped wit
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster_helpers import BIN, REPO
+from cluster_helpers import ray_head as start_head
 
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """`ray start --head --block` in its own session; teardown kills exactly its process tree (never `ray stop`)."""
-    dashboard = free_port()
-    # Ray >= 2.59 authenticates with a token: this head and its client share one made here, so the test needs no
-    # ~/.ray/auth_token (a fresh CI machine has none) and leaves none behind.
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_ADDRESS", None)
-    # A temp dir of its own (short: it holds unix sockets): a job's driver finds its cluster through the file
-    # `ray_current_cluster` there, which in the machine-wide /tmp/ray any other head or test cluster rewrites.
-    temp_dir = tempfile.mkdtemp(prefix="emt-ray-")
-    # 8 logical CPUs on 2 cores: Serve, Data and Tune hold slots, not cores (cluster.runtime.LOCAL_MIN_CPUS)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=8",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}", f"--temp-dir={temp_dir}"]
-    head = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=(tmp_path / "head.log").open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    # Until the head's job API answers: a readiness signal, not a clock (pytest's timeout bounds a head that hangs).
-    while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
-                         capture_output=True).returncode != 0:
-        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
-        time.sleep(1)
-    yield address, env
-    tree = [head.pid] + [p.pid for p in psutil.Process(head.pid).children(recursive=True)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in tree:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if sig == signal.SIGTERM:
-            psutil.wait_procs([p for p in map(_proc, tree) if p], timeout=10)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _proc(pid: int):
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
+    """`ray start --head --block` in its own session and temp dir (tests/cluster_helpers.py); teardown kills exactly
+    its process tree (never `ray stop`). 8 logical CPUs on 2 cores: Serve, Data and Tune hold slots, not cores
+    (cluster.runtime.LOCAL_MIN_CPUS)."""
+    with start_head(tmp_path, num_cpus=8) as head:
+        yield head.address, head.env
 
 
 @pytest.mark.slow
