@@ -1,8 +1,8 @@
 """`emt eval` on Ray Data: read and decode on CPU tasks, generate on a pool of engine replicas, judge and write
 results on the driver as batches finish.
 
-    sampled rows --from_arrow--> decode_images (CPU tasks) --> EngineReplica (actor pool, GPUs)
-                 --iter_batches--> judge --> parts/*.parquet   (resume = skip keys already written)
+    sampled row indices --read_samples (fetch + key)--> decode_images (CPU tasks) --> EngineReplica (actor pool, GPUs)
+                        --iter_batches--> judge --> parts/*.parquet   (resume = skip keys already written)
 
 A model that runs elsewhere (an OpenAI-compatible endpoint, a Serve app) is asked from CPU tasks instead of
 actors (`remote_answers`): pooled workers keep their imports, where every evaluation's actors would each start a
