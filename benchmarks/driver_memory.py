@@ -116,7 +116,8 @@ def measure(n: int, tmp: Path, endpoint: str, args: argparse.Namespace) -> dict:
           f"in {time.perf_counter() - t:.0f} s", flush=True)
     proc = subprocess.run(
         [sys.executable, __file__, "--child", "--source", str(source), "--endpoint", endpoint,
-         "--out", str(tmp / f"out-{n}"), "--result", str(tmp / f"result-{n}.json"), "--batch-size", str(args.batch_size), "--replicas", str(args.replicas)],
+         "--out", str(tmp / f"out-{n}"), "--result", str(tmp / f"result-{n}.json"),
+         "--batch-size", str(args.batch_size), "--replicas", str(args.replicas)],
         env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode:
         raise SystemExit(f"evaluation of {n} images failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")

@@ -157,7 +157,7 @@ def _source(ref: ray.ObjectRef) -> SampleSource:
 
 def read_samples(items: pa.Table, sources: dict[str, ray.ObjectRef]) -> pa.Table:
     """A read task: fetch the images of `items` (dataset, row, sample_id, label; rows sorted per dataset) from their
-    source and key them with `sample_key`, as the driver did before: a worker holds the image bytes, the driver never."""
+    source and key them with `sample_key`, as the driver did before: a worker holds the image bytes, not the driver."""
     parts = []
     for name in pc.unique(items.column("dataset")).to_pylist():
         rows = items.filter(pc.equal(items.column("dataset"), name))
