@@ -3,7 +3,6 @@ their keys are the ones the driver computed before (sample_key of the same input
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

@@ -15,6 +15,7 @@ import yaml
 
 from cluster_helpers import BIN, REPO
 from cluster_helpers import ray_head as start_head
+from serving.storage import Location
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def job_status(address: str, env: dict, submission_id: str) -> str:
     return match.group(1)
 
 
-def tiny_tune(tmp_path: Path, model: str) -> Path:
+def tiny_tune(tmp_path: Path, model: str, **extra) -> Path:
     """The smallest study with every kind of row: the base and two epochs of one trial, on two datasets."""
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump({
@@ -84,21 +85,27 @@ def tiny_tune(tmp_path: Path, model: str) -> Path:
         "search": {"space": {"method": ["linear"], "train_dataset": ["digits"], "epochs": 2, "batch_size": 16,
                              "lr": 0.003, "projector_lr": 0.01}},
         "resources": {"max_concurrent_trials": 1, "max_failures": 1},
-        "out": str(tmp_path / "unused")}))
+        "out": str(tmp_path / "unused"), **extra}))
     return path
 
 
-def part_keys(out: Path) -> dict[str, list[str]]:
+def part_keys(out: Location) -> dict[str, list[str]]:
     """Every key in each row's stored parts (a key twice would be a sample evaluated twice)."""
-    return {row.name: [k for p in sorted((row / "parts").glob("*.parquet"))
-                       for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()]
-            for row in sorted((out / "evals").iterdir())}
+    rows = {}
+    for part in out.glob("evals/*/parts/*.parquet"):
+        rows.setdefault(part.parent.parent.name, []).extend(part.read_parquet(columns=["key"]).column("key").to_pylist())
+    return rows
 
 
 @pytest.mark.slow
-def test_tune_job_stopped_then_resumed_evaluates_each_row_once(ray_head, tiny_model, tmp_path):
+def test_tune_job_into_s3_stopped_then_resumed_from_the_store(ray_head, tiny_model, s3_bucket, tmp_path):
+    """`emt tune --out s3://...` as a job: every output (Tune state, Train checkpoints, patches, evaluations, matrix,
+    pictures, report) lands in the store and checkpoints are served from there; `ray job stop` at a known point,
+    then the same command with --resume as a new job finishes from the store alone, evaluating nothing twice."""
     address, env = ray_head
-    config, out, fired = tiny_tune(tmp_path, tiny_model), tmp_path / "study", tmp_path / "fired"
+    config, fired = tiny_tune(tmp_path, tiny_model, mitigations={"methods": [{"name": "wise_ft", "alpha": 0.5}]}), \
+        tmp_path / "fired"
+    out = Location(f"{s3_bucket}/runs/study")
     command = ["tune", "--config", str(config), "--out", str(out)]
     started = time.perf_counter()
     # The job's evaluator parks for good once its second row (the base, then a checkpoint) is evaluated.
@@ -112,8 +119,8 @@ def test_tune_job_stopped_then_resumed_evaluates_each_row_once(ray_head, tiny_mo
             assert job_status(address, env, "tune-first") in ("PENDING", "RUNNING"), \
                 job(address, env, "logs", "tune-first").stdout[-4000:]
         time.sleep(0.5)
-    before = {p: p.stat().st_mtime_ns for p in out.glob("evals/*/parts/*.parquet")}
-    assert len({p.parent.parent.name for p in before}) == 2, "the base and one checkpoint were evaluated"
+    before = {str(p) for p in out.glob("evals/*/parts/*.parquet")}
+    assert len(out.glob("evals/*/row.json")) == 2, "the base and one checkpoint were evaluated"
 
     stopped = job(address, env, "stop", "tune-first")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
@@ -124,13 +131,27 @@ def test_tune_job_stopped_then_resumed_evaluates_each_row_once(ray_head, tiny_mo
     log = result.stdout + result.stderr
     assert result.returncode == 0 and "succeeded" in log, log[-4000:]
     assert f"results: {out}" in log, "the job's log says where its results are"
-    matrix = pq.read_table(out / "matrix.parquet").to_pylist()
-    assert {(r["method"], r["epoch"], r["eval_dataset"]) for r in matrix} == {
-        (m, e, d) for m, e in (("base", None), ("linear", 1), ("linear", 2)) for d in ("digits", "colors")}
+    matrix = (out / "matrix.parquet").read_parquet().to_pylist()
+    # a trial whose epoch ended as the job stopped may train it again on resume: a second checkpoint, a row of its own
+    checkpoints = out.glob("train/*/checkpoint_*/emt_checkpoint.json")
+    patched = {r["model"] for r in matrix if r["mitigation"] == "wise_ft"}
+    assert {(r["method"], r["epoch"], r["mitigation"]) for r in matrix} == {
+        ("base", None, "none"), *((m, e, "none") for m in ("linear",) for e in (1, 2)),
+        ("linear", 2, "wise_ft")}  # a trial's last epoch is mitigated
+    assert {r["eval_dataset"] for r in matrix} == {"digits", "colors"}
     keys = part_keys(out)
-    assert len(keys) == 3 and all(len(k) == len(set(k)) == 2 * 12 for k in keys.values()), \
+    assert len(keys) == 1 + len(checkpoints) + len(patched), keys.keys()
+    assert all(len(k) == len(set(k)) == 2 * 12 for k in keys.values()), \
         "every (row, sample) evaluated once across the stopped job and the resumed one"
-    assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "parts written before the stop were kept"
+    assert before <= {str(p) for p in out.glob("evals/*/parts/*.parquet")}, "parts written before the stop were kept"
+    assert len(out.glob("train/mitigations/*/patch.safetensors")) == len(patched), "the patches are in the store"
+    assert out.glob("tune/trials/*/result.json"), "Tune's state is in the store"
+    for name in ("matrix.csv", "matrix.md", "metrics.csv", "report.html", "heatmap.png", "curves.png", "tradeoff.png"):
+        assert (out / name).is_file(), name
+    outputs = {row: (out / "evals" / row / "samples.parquet").read_parquet(columns=["output"]).column("output")
+               for row in keys}
+    assert all(outputs[row] != outputs["base"] for row in keys if row.startswith("linear-")), \
+        "each checkpoint was served from the store, not the base answering again"
     print(f"tune job: stopped after {stopped_at:.0f} s, resumed job done at {time.perf_counter() - started:.0f} s")
 
 

@@ -10,10 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-import yaml
 
 from cluster.cli import main
-from test_tune import kill_tree, wait_for_file
 from serving.errors import EMTError
 from serving.storage import Location
 
@@ -103,66 +101,3 @@ def test_a_missing_bucket_fails_before_any_work(ray_session, tiny_model, s3_serv
     assert code == 2 and "the bucket no-such-bucket does not exist" in err, err
     assert not pafs.S3FileSystem(endpoint_override=s3_server).get_file_info("no-such-bucket").type
 
-
-def tune_config(tmp_path: Path, model: str, out: str) -> Path:
-    config = {
-        "model": {"name": model},
-        "train": {"limit": 32},
-        "eval": {"datasets": [{"name": "digits", "limit": 12}], "generation": {"max_tokens": 4}, "batch_size": 12,
-                 "validation_limit": 4},
-        "search": {"space": {"method": ["linear", "lora"], "train_dataset": "digits", "epochs": 1, "batch_size": 16,
-                             "lr": 0.003, "projector_lr": 0.01, "lora_r": 4}},
-        "resources": {"max_concurrent_trials": 2, "max_failures": 1},
-        "mitigations": {"methods": [{"name": "wise_ft", "alpha": 0.5}]},
-        "out": out,
-    }
-    path = tmp_path / "tune.yaml"
-    path.write_text(f"# emt tune --config {path}\n" + yaml.safe_dump(config))
-    return path
-
-
-@pytest.mark.slow
-def test_tune_into_s3_killed_then_resumed_from_the_store(ray_session, tiny_model, s3_bucket, tmp_path):
-    """Every output of `emt tune --out s3://...` (Tune state, Train checkpoints, patches, evaluations, matrix,
-    pictures, report) lands in the store, checkpoints are served from there, and a run whose driver (with its local
-    Ray) is killed after its first checkpoint row finishes from the store alone, evaluating nothing twice."""
-    out = f"{s3_bucket}/runs/exp"
-    config = tune_config(tmp_path, tiny_model, out)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(EMT_FAULT="tune.row_evaluated:2:hang", EMT_FAULT_FILE=str(tmp_path / "fired"))
-    driver = subprocess.Popen([sys.executable, "-m", "cluster.cli", "tune", "--config", str(config)], cwd=REPO,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_file(tmp_path / "fired", driver)
-    finally:
-        kill_tree(driver)
-    store = Location(out)
-    before = {str(p) for p in store.glob("evals/*/parts/*.parquet")}
-    assert len(store.glob("evals/*/row.json")) == 2, "the base and one checkpoint were evaluated before the kill"
-    assert not list(tmp_path.glob("**/checkpoint_*")), "nothing was written to a local disk"
-
-    assert main(["tune", "--config", str(config), "--resume"]) == 0
-    matrix = (store / "matrix.parquet").read_parquet().to_pylist()
-    assert {(r["method"], r["mitigation"]) for r in matrix} == {
-        ("base", "none"), ("linear", "none"), ("lora", "none"), ("linear", "wise_ft"), ("lora", "wise_ft")}
-    after = {str(p) for p in store.glob("evals/*/parts/*.parquet")}
-    assert before <= after, "evaluations finished before the kill were kept"
-    for row in store.glob("evals/*/row.json"):
-        keys = pa.concat_tables([p.read_parquet(columns=["key"]) for p in (row.parent / "parts").files()])
-        assert keys.num_rows == len(set(keys.column("key").to_pylist())) == 12, f"{row.parent.name}: each sample once"
-    # a trial whose epoch ended as the driver died may train it again on resume: a second checkpoint, a row of its own
-    checkpoints = store.glob("train/*/checkpoint_*/emt_checkpoint.json")
-    assert len(checkpoints) >= 2, "Train's checkpoints are in the store"
-    assert len(store.glob("train/mitigations/*/patch.safetensors")) == len(checkpoints), "the patches are in the store"
-    assert len(store.glob("evals/*/row.json")) == 1 + 2 * len(checkpoints)
-    assert store.glob("tune/trials/*/result.json"), "Tune's state is in the store"
-    for name in ("matrix.csv", "matrix.md", "metrics.csv", "report.html", "heatmap.png", "curves.png", "tradeoff.png"):
-        assert (store / name).is_file(), name
-    lora = [r for r in matrix if r["method"] == "lora" and r["mitigation"] == "none"][0]["model"]
-    mine = (store / "evals" / lora / "samples.parquet").read_parquet(columns=["output"]).column("output")
-    base = (store / "evals" / "base" / "samples.parquet").read_parquet(columns=["output"]).column("output")
-    assert mine != base, "the checkpoint was served from the store, not the base answering again"
-
-    parts = {str(p) for p in store.glob("evals/*/parts/*.parquet")}
-    assert main(["tune", "--config", str(config), "--resume"]) == 0
-    assert {str(p) for p in store.glob("evals/*/parts/*.parquet")} == parts, "a finished run evaluates nothing again"

@@ -10,6 +10,7 @@ from tuners.manifest import CHECKPOINT_META, complete_meta
 
 MITIGATIONS_DIR = "mitigations"  # under the trials' storage, so the Serve app finds the patches by relative name
 PATCH_ROW = "row"  # the key of a patch's meta that holds its matrix row
+PATCH_META = "emt_adapter.json"  # serving.adapters.PROJECTOR_META, named here so a config parse never imports torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ def mitigation_rows(train_dir: str | Location) -> list[Row]:
     """Every finished patch under DIR/train/mitigations/ (complete: renamed into place, or its meta uploaded last)."""
     train_dir = Location(train_dir)
     rows = []
-    for meta_file in (train_dir / MITIGATIONS_DIR).glob("*/emt_adapter.json"):
+    for meta_file in (train_dir / MITIGATIONS_DIR).glob(f"*/{PATCH_META}"):
         if meta_file.parent.name.endswith(".partial"):
             continue
         meta = json.loads(meta_file.read_text())

@@ -21,7 +21,7 @@ from serving import terminal
 from serving.config import StrictModel
 from serving.storage import Location
 from tuners.mitigations import MITIGATIONS
-from tuners.rows import MITIGATIONS_DIR, PATCH_ROW, Row
+from tuners.rows import MITIGATIONS_DIR, PATCH_META, PATCH_ROW, Row
 
 
 class MitigationMethod(BaseModel):
@@ -142,7 +142,8 @@ class Builder:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         task = ray.remote(_build).options(num_cpus=m.cpus_per_build, num_gpus=gpus, max_retries=1)
         for job in plan(self.cfg, checkpoints, final):
-            if job.row.row_id in self.submitted or (self.dir / job.row.row_id).is_dir():
+            # built = its meta is there (written last: a build stopped mid-upload to a store is built again)
+            if job.row.row_id in self.submitted or (self.dir / job.row.row_id / PATCH_META).is_file():
                 continue
             self.submitted.add(job.row.row_id)
             ref = task.remote(self.cfg.model.name, self.cfg.model.dtype, job, str(self.dir / job.row.row_id))
