@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
@@ -18,6 +19,7 @@ from serving.errors import EMTError
 from serving.storage import Location
 
 RUN_FILE = "run.json"
+REPEATED_COLUMNS = ("prompt", "split", "model", "model_fingerprint")  # one value per dataset or run
 LEADING_COLUMNS = ("dataset", "sample_id", "label", "label_name", "prompt", "output", "correct", "category", "error",
                    "model")
 
@@ -58,30 +60,32 @@ class ResultStore:
         path.write_parquet(table)
         return path
 
-    def read_all(self) -> pa.Table | None:
-        """Every stored row, one per key (a key written twice keeps its last copy)."""
+    def rows(self, keys: list[str]) -> pa.Table:
+        """The stored rows of `keys` (this run's samples), one per key (a key written twice keeps its last copy),
+        sorted for reading. Each part is filtered as it is read, and the columns that repeat one value per dataset
+        or run are read as dictionaries: a 50k-image run's answers then cost the driver tens of MB, not hundreds."""
         files = self.part_files()
         if not files:
-            return None
-        table = pa.concat_tables([f.read_parquet() for f in files], promote_options="default")
-        keys = table.column("key").to_pylist()
-        last = {k: i for i, k in enumerate(keys)}
-        if len(last) == len(keys):
-            return table
-        return table.take(sorted(last.values()))
-
-    def rows(self, keys: list[str]) -> pa.Table:
-        """The stored rows of `keys` (this run's samples), sorted for reading."""
-        table = self.read_all()
-        if table is None:
             raise EMTError(f"no results stored in {self.parts}: nothing to summarise")
-        table = table.filter(pa.compute.is_in(table.column("key"), value_set=pa.array(keys)))
+        wanted = pa.array(keys, pa.string())
+        parts = []
+        for f in files:
+            part = f.read_parquet(dictionary=REPEATED_COLUMNS)
+            parts.append(part.filter(pa.compute.is_in(part.column("key"), value_set=wanted)))
+        table = pa.concat_tables(parts, promote_options="default")
+        del parts
+        order = pa.table({"key": table.column("key"), "i": pa.array(np.arange(table.num_rows))})
+        last = order.group_by("key", use_threads=False).aggregate([("i", "max")]).column("i_max")
+        if len(last) != table.num_rows:
+            table = table.take(last)
         return table.sort_by([("dataset", "ascending"), ("sample_id", "ascending")])
 
     def write_samples(self, table: pa.Table) -> pa.Table:
         """samples.parquet: the run's rows, most-read columns first."""
         lead = [c for c in LEADING_COLUMNS if c in table.column_names]
         table = table.select(lead + [c for c in table.column_names if c not in lead])
+        table = table.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                                      for f in table.schema]))  # plain strings in the file, as before
         (self.out / "samples.parquet").write_parquet(table)
         return table
 

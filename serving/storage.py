@@ -21,7 +21,7 @@ from typing import Annotated
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from serving.errors import EMTError
 
@@ -52,7 +52,7 @@ def normalise(where: str | Path) -> str:
     return str(Path(text.removeprefix("file://")).expanduser().resolve())
 
 
-OutPath = Annotated[str, AfterValidator(normalise)]  # an output directory on a local disk or in an object store
+OutPath = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, Path) else v), AfterValidator(normalise)]  # an output directory on a local disk or in an object store
 
 
 @lru_cache(maxsize=None)
@@ -175,8 +175,9 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
-    def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path, filesystem=self.fs, columns=columns)
+    def read_parquet(self, columns: list[str] | None = None, dictionary: tuple[str, ...] = ()) -> pa.Table:
+        """The table, or its `columns`; the `dictionary` columns (those present) dictionary-encoded."""
+        return pq.read_table(self.path, filesystem=self.fs, columns=columns, read_dictionary=list(dictionary) or None)
 
     def write_parquet(self, table: pa.Table) -> None:
         buf = io.BytesIO()

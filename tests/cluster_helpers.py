@@ -102,7 +102,7 @@ def kill_tree(pid: int) -> None:
             except ProcessLookupError:
                 pass
         if sig == signal.SIGTERM:
-            psutil.wait_procs([p for p in map(_proc, tree) if p], timeout=10)
+            psutil.wait_procs([p for p in map(_proc, tree) if p], timeout=3)  # then SIGKILL whatever lingers
 
 
 def _proc(pid: int):

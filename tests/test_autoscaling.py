@@ -135,6 +135,7 @@ def test_eval_replicas_launch_their_node_type_which_goes_back_when_idle(tmp_path
         log = result.stdout + result.stderr
         assert result.returncode == 0, log[-4000:]
         assert "succeeded" in log
+        assert f"results: {out}/samples.parquet" in log, "the job's log says where its results are"
 
         assert (launched := nodes_with(head, "eval_node")), "no node of the eval type was launched"
         assert len(launched) == 1
@@ -158,59 +159,10 @@ def test_eval_replicas_launch_their_node_type_which_goes_back_when_idle(tmp_path
         assert IDLE_TIMEOUT_MINUTES * 60 * 0.9 <= release_s < 120
 
 
-TRIAL_JOB = '''
-"""Three trials, each needing the one trial_slot a trial node has: two must wait for nodes to be launched."""
-import sys, time
-from ray import tune
-
-def trial(config):
-    time.sleep(config["seconds"])
-    tune.report({"score": config["x"]})
-
-tuner = tune.Tuner(
-    tune.with_resources(trial, {"cpu": 1, "trial_slot": 1}),
-    param_space={"x": tune.grid_search([1, 2, 3]), "seconds": 8},
-    run_config=tune.RunConfig(storage_path=sys.argv[1], name="fake-autoscaling", verbose=0),
-)
-results = tuner.fit()
-assert not results.errors, results.errors
-print("best score", results.get_best_result("score", "max").metrics["score"])
-'''
-
-
-def test_tune_trials_beyond_capacity_launch_more_nodes(tmp_path):
-    workers = {"ray.worker.trial": {"resources": {"CPU": 1, "trial_slot": 1}, "max_workers": 3}}
-    with fake_cluster(tmp_path, workers) as head:
-        job_dir = tmp_path / "job"
-        job_dir.mkdir()
-        (job_dir / "trials.py").write_text(TRIAL_JOB)
-        # No --working-dir: with it, trial actors on the fake nodes failed in os.getcwd() (FileNotFoundError), their
-        # unpacked working dir gone; the fake nodes are raylets of one machine sharing one session dir, so one
-        # node's runtime-env agent presumably removed it under another node's trial. The script's path is the
-        # same on every node anyway.
-        result = head.job("submit", "--", "python", str(job_dir / "trials.py"), str(tmp_path / "tune-results"))
-        log = result.stdout + result.stderr
-        assert result.returncode == 0, log[-4000:]
-        assert "best score 3" in log
-
-        launched = nodes_with(head, "trial_slot")
-        assert len(launched) > 1, f"{len(launched)} trial node(s) launched for 3 one-node trials"
-        assert actor_nodes(head, "trial_slot") == {n["node_id"] for n in launched}, "each trial node ran a trial"
-        asked = placement_group_asked_ms(head, "trial_slot")
-        assert asked, "Tune asked for the trials' resources with placement groups"
-        starts = sorted((n["start_time_ms"] - asked) / 1000 for n in launched)
-        wait_for("the trial nodes to go", lambda: all(n["state"] == "DEAD" for n in nodes_with(head, "trial_slot")))
-        ends = sorted((n["end_time_ms"] - idle_since_ms(head, n["node_id"], "trial_slot")) / 1000
-                      for n in nodes_with(head, "trial_slot"))
-        print(f"\n[autoscaling] tune: {len(launched)} trial nodes' raylets started "
-              f"{', '.join(f'{s:.1f}' for s in starts)} s after the first trial's placement group was asked for; "
-              f"idle -> removed "
-              f"{', '.join(f'{e:.1f}' for e in ends)} s")
-
-
 def test_emt_tune_trainers_launch_their_node_type(tmp_path, tiny_model):
-    """`emt tune` as a job, two trials at once whose Train workers hold `resources_per_worker: {trainer: 1}`
-    (and no CPU): the autoscaler launches a trainer node per trial; the study finishes with every row."""
+    """Tune trials queued beyond capacity scale a node type up: `emt tune` as a job, two trials at once whose Train
+    workers hold `resources_per_worker: {trainer: 1}` (and no CPU), none running: the autoscaler launches a trainer
+    node per trial; the study finishes with every row."""
     workers = {"ray.worker.trainer": {"resources": {"CPU": 1, "trainer": 1}, "max_workers": 2}}
     config = tmp_path / "tune.yaml"
     config.write_text(json.dumps({
@@ -227,7 +179,10 @@ def test_emt_tune_trainers_launch_their_node_type(tmp_path, tiny_model):
     # 8 logical CPUs on the head: the study's Serve replica, eval actors and trial drivers hold slots, not cores.
     with fake_cluster(tmp_path, workers, head_cpus=8) as head:
         started = time.time()
-        # No --working-dir (see the Tune test above): the project is installed in this venv, as on every fake node.
+        # No --working-dir: with it, trial actors on the fake nodes failed in os.getcwd() (FileNotFoundError), their
+        # unpacked working dir gone; the fake nodes are raylets of one machine sharing one session dir, so one
+        # node's runtime-env agent presumably removed it under another node's trial. The project is installed in
+        # this venv, as on every fake node.
         result = head.job("submit", "--", "python", "-m", "cluster.jobs", "tune", "--config", str(config),
                           "--out", str(out))
         job_s = time.time() - started

@@ -1,6 +1,7 @@
-"""Jobs submitted with `ray job submit --working-dir .` to a Ray head each test starts (and alone stops): eval, tune
-and the demo; each job's log names where its results are. A tune job stopped with `ray job stop` at a known point
-(fault injection, not a timer) is finished by the same command with --resume, evaluating nothing twice."""
+"""Jobs submitted with `ray job submit --working-dir .` to a Ray head each test starts (and alone stops): tune and
+the demo (eval: tests/test_autoscaling.py); each job's log names where its results are. A tune job stopped with
+`ray job stop` at a known point (fault injection, not a timer) is finished by the same command with --resume,
+evaluating nothing twice."""
 from __future__ import annotations
 
 import json
@@ -25,25 +26,6 @@ def ray_head(tmp_path):
     (cluster.runtime.LOCAL_MIN_CPUS)."""
     with start_head(tmp_path, num_cpus=8) as head:
         yield head.address, head.env
-
-
-@pytest.mark.slow
-def test_eval_job_through_ray_job_submit(ray_head, tiny_model, tmp_path):
-    address, env = ray_head
-    out = tmp_path / "job-out"
-    result = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-         "python", "-m", "cluster.jobs", "eval", "--model", tiny_model, "--dataset", "digits", "--limit", "12",
-         "--max-tokens", "4", "--out", str(out), "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
-    assert "succeeded" in log
-    assert f"results: {out}/samples.parquet" in log, "the job's log says where its results are"
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["datasets"]["digits"]["n"] == 12
-    assert (out / "samples.parquet").exists()
 
 
 def job(address: str, env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
