@@ -76,11 +76,6 @@ class ReplicaConfig(StrictModel):
     _custom_only = field_validator("resources")(lambda cls, value: custom_resources(value))
 
 
-def _absolute(path: str) -> str:
-    """A local path made absolute; a store URI (s3://, gs://) as it is."""
-    return normalise(path)
-
-
 class ServeConfig(StrictModel):
     """One `emt serve` application: the base model, its adapters, replicas, and the limits on what clients send."""
 
@@ -118,10 +113,10 @@ class ServeConfig(StrictModel):
     def _absolute_paths(cls, value):
         """Replicas may run in another working directory (or on another node with the same shared paths)."""
         if isinstance(value, dict):
-            return {name: _absolute(p) for name, p in value.items()}
+            return {name: normalise(p) for name, p in value.items()}
         if isinstance(value, list):
-            return [_absolute(p) for p in value]
-        return None if value is None else _absolute(value)
+            return [normalise(p) for p in value]
+        return None if value is None else normalise(value)
 
     _custom_only = field_validator("resources")(lambda cls, value: custom_resources(value))
 

@@ -52,7 +52,8 @@ def normalise(where: str | Path) -> str:
     return str(Path(text.removeprefix("file://")).expanduser().resolve())
 
 
-OutPath = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, Path) else v), AfterValidator(normalise)]  # an output directory on a local disk or in an object store
+# an output directory on a local disk or in an object store
+OutPath = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, Path) else v), AfterValidator(normalise)]
 
 
 @lru_cache(maxsize=None)
@@ -184,30 +185,33 @@ class Location:
         pq.write_table(table, buf)
         self.write_bytes(buf.getvalue())
 
+    def _listing(self) -> list[pafs.FileInfo]:
+        """Every file below this directory (none if it does not exist): one listing, also of a bucket."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        return [i for i in infos if i.type == pafs.FileType.File]
+
+    def _below(self, path: str) -> str:
+        """`path` relative to this directory."""
+        return path[len(self.path.rstrip("/")) + 1:]
+
     def files(self) -> list[Location]:
         """Every file below this directory (none if it does not exist), sorted; temporaries are skipped."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        return sorted((self._child(i.path) for i in infos
-                       if i.type == pafs.FileType.File and not i.base_name.startswith(".")), key=str)
+        return sorted((self._child(i.path) for i in self._listing() if not i.base_name.startswith(".")), key=str)
 
     def sizes(self) -> dict[str, int]:
         """Size of every file below this directory, by relative path (one listing)."""
-        base = self.path.rstrip("/") + "/"
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        return {i.path[len(base):]: i.size for i in infos if i.type == pafs.FileType.File}
+        return {self._below(i.path): i.size for i in self._listing()}
 
     def relative_to(self, root: Location) -> str:
-        base = root.path.rstrip("/") + "/"
-        if not self.path.startswith(base):
+        if not self.path.startswith(root.path.rstrip("/") + "/"):
             raise ValueError(f"{self} is not below {root}")
-        return self.path[len(base):]
+        return root._below(self.path)
 
     def glob(self, pattern: str) -> list[Location]:
         """Files below this directory whose relative path matches `pattern` (`*` does not cross a `/`)."""
         depth = pattern.count("/")
-        base = self.path.rstrip("/") + "/"
-        return [f for f in self.files()
-                if f.path[len(base):].count("/") == depth and fnmatch.fnmatchcase(f.path[len(base):], pattern)]
+        return [f for f in self.files() if (rel := self._below(f.path)).count("/") == depth
+                and fnmatch.fnmatchcase(rel, pattern)]
 
     def is_empty(self) -> bool:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
@@ -233,9 +237,7 @@ class Location:
         file's size and modification time, so a changed directory is fetched anew and an unchanged one never."""
         if self.local:
             return Path(self.path)
-        base = self.path.rstrip("/") + "/"
-        infos = [i for i in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-                 if i.type == pafs.FileType.File]
+        infos = self._listing()
         if not infos:
             raise EMTError(f"{self.uri} holds no files")
         key = hashlib.sha256(self.uri.encode())
@@ -246,7 +248,7 @@ class Location:
             return target
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
         for i in infos:
-            dest = tmp / i.path[len(base):]
+            dest = tmp / self._below(i.path)
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(i.path) as src:
                 dest.write_bytes(src.read())

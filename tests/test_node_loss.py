@@ -92,6 +92,15 @@ def finish(proc: subprocess.Popen, log: Path) -> None:
     assert code == 0, log.read_text()[-6000:]
 
 
+def replace_node(cluster, old, proc: subprocess.Popen, log: Path, **new_node):
+    """A node like `new_node` joins, `old` is lost at once (no graceful drain: a machine dying), and the run must
+    finish; returns the new node."""
+    node = cluster.add_node(**new_node)
+    cluster.remove_node(old, allow_graceful=False)
+    finish(proc, log)
+    return node
+
+
 def keys_of(parts: list[Path]) -> list[str]:
     return pa.concat_tables([pq.read_table(p, columns=["key"]) for p in parts]).column("key").to_pylist()
 
@@ -131,9 +140,7 @@ def test_trial_resumes_from_its_checkpoint_on_another_node(cluster, monkeypatch,
         wait_until(lambda: marker.exists() and 1 in tune_epochs(out), proc, log)
         assert marker.read_text().startswith("train.checkpoint_reported:1:hang")
         assert on_node(first, int(marker.read_text().split("pid=")[1])), "the parked Train worker runs on that node"
-        second = c.add_node(num_cpus=0, resources={TRAINER: 1})  # the only node left that can host the trial
-        c.remove_node(first, allow_graceful=False)
-        finish(proc, log)
+        second = replace_node(c, first, proc, log, num_cpus=0, resources={TRAINER: 1})  # the only one for the trial
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -177,9 +184,7 @@ def test_eval_replicas_node_lost_mid_run_every_sample_once(cluster, monkeypatch,
     try:
         wait_until(marker.exists, proc, log)  # a replica on the node is parked inside a batch
         assert on_node(first, int(marker.read_text().split("pid=")[1]))
-        c.add_node(num_cpus=4)
-        c.remove_node(first, allow_graceful=False)
-        finish(proc, log)
+        replace_node(c, first, proc, log, num_cpus=4)
     finally:
         if proc.poll() is None:
             proc.kill()
