@@ -26,24 +26,26 @@ def collate_examples(images: Sequence[Image.Image], questions: Sequence[str | No
     """Tokenise (image, question, answer) examples, right-padded; labels are -100 everywhere but each answer and its
     EOS. A question of None asks nothing: the image alone, as LLaVA's caption-alignment stage does."""
     tok = processor.tokenizer
-    prompt_lens: dict[str | None, int] = {}
-    texts = []
-    for image, question, answer in zip(images, questions, answers):
+    prompts = []
+    for question in questions:
         content = [{"type": "image"}] + ([{"type": "text", "text": question}] if question else [])
-        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        if question not in prompt_lens:
-            prompt_lens[question] = len(processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"][0])
-        texts.append(f"{prompt} {answer}{tok.eos_token}")
+        prompts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                     add_generation_prompt=True))
+    texts = [f"{prompt} {answer}{tok.eos_token}" for prompt, answer in zip(prompts, answers)]
     side = tok.padding_side
     tok.padding_side = "right"
     try:
+        # Each prompt measured with its own image: families that size images natively (Qwen2.5-VL) or tile them
+        # (LLaVA-OneVision) give a bigger image more tokens, so one length per question would be wrong.
+        prompt_lens = processor(images=list(images), text=prompts, padding=True,
+                                return_tensors="pt")["attention_mask"].sum(dim=1).tolist()
         inputs = processor(images=list(images), text=texts, padding=True, return_tensors="pt")
     finally:
         tok.padding_side = side
     labels = inputs["input_ids"].clone()
     labels[inputs["attention_mask"] == 0] = IGNORE
-    for row, question in enumerate(questions):
-        labels[row, :prompt_lens[question]] = IGNORE
+    for row, n in enumerate(prompt_lens):
+        labels[row, :n] = IGNORE
     inputs["labels"] = labels
     return dict(inputs)
 
