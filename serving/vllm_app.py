@@ -77,7 +77,8 @@ def vllm_llm_config(cfg: ServeConfig, adapters_uri: str | None = None) -> dict:
     return {
         "model_loading_config": {"model_id": name, "model_source": name},
         "deployment_config": {**scaling, "max_ongoing_requests": 2 * cfg.max_batch_size,
-                              "ray_actor_options": {"num_cpus": cfg.cpus_per_replica}},
+                              "ray_actor_options": {"num_cpus": cfg.cpus_per_replica,
+                                                    **({"resources": dict(cfg.resources)} if cfg.resources else {})}},
         "engine_kwargs": engine,
         **lora,
     }

@@ -162,8 +162,10 @@ def test_eval_replicas_launch_their_node_type_which_goes_back_when_idle(tmp_path
 def test_emt_tune_trainers_launch_their_node_type(tmp_path, tiny_model):
     """Tune trials queued beyond capacity scale a node type up: `emt tune` as a job, two trials at once whose Train
     workers hold `resources_per_worker: {trainer: 1}` (and no CPU), none running: the autoscaler launches a trainer
-    node per trial; the study finishes with every row."""
-    workers = {"ray.worker.trainer": {"resources": {"CPU": 1, "trainer": 1}, "max_workers": 2}}
+    node per trial, and the study's Serve replica (`replica_resources: {eval_node: 1}`) launches an eval node; the
+    study finishes with every row."""
+    workers = {"ray.worker.trainer": {"resources": {"CPU": 1, "trainer": 1}, "max_workers": 2},
+               "ray.worker.eval": {"resources": {"CPU": 1, "eval_node": 1}, "max_workers": 1}}
     config = tmp_path / "tune.yaml"
     config.write_text(json.dumps({
         "model": {"name": tiny_model},
@@ -173,7 +175,7 @@ def test_emt_tune_trainers_launch_their_node_type(tmp_path, tiny_model):
         "search": {"space": {"method": ["linear"], "train_dataset": ["digits"], "epochs": 1, "batch_size": 16,
                              "lr": [0.003, 0.001], "projector_lr": 0.01}},
         "resources": {"max_concurrent_trials": 2, "max_failures": 0, "cpus_per_worker": 0,
-                      "resources_per_worker": {"trainer": 1}},
+                      "resources_per_worker": {"trainer": 1}, "replica_resources": {"eval_node": 1}},
         "out": str(tmp_path / "unused")}))
     out = tmp_path / "study"
     # 8 logical CPUs on the head: the study's Serve replica, eval actors and trial drivers hold slots, not cores.
@@ -192,6 +194,8 @@ def test_emt_tune_trainers_launch_their_node_type(tmp_path, tiny_model):
         launched = nodes_with(head, "trainer")
         assert len(launched) == 2, f"{len(launched)} trainer node(s) for 2 concurrent trials"
         assert actor_nodes(head, "trainer") == {n["node_id"] for n in launched}, "each trainer node trained"
+        assert actor_nodes(head, "eval_node") == {n["node_id"] for n in nodes_with(head, "eval_node")}, \
+            "the study's Serve replica evaluated on the eval node it launched"
         matrix = pq.read_table(out / "matrix.parquet").to_pylist()
         assert {(r["method"], r["epoch"]) for r in matrix} == {("base", None), ("linear", 1)} and len(matrix) == 3
         asked = placement_group_asked_ms(head, "trainer")

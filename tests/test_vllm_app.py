@@ -53,13 +53,14 @@ def test_fixed_replicas_serve_the_model_under_its_own_name_on_one_gpu_each():
 
 def test_min_max_replicas_autoscale_on_the_same_bounds(tmp_path):
     cfg = ServeConfig(model={"name": str(tmp_path), "dtype": "bfloat16"}, min_replicas=0, max_replicas=4,
-                      max_batch_size=8, cpus_per_replica=2, allowed_image_dirs=[str(tmp_path)])
+                      max_batch_size=8, cpus_per_replica=2, allowed_image_dirs=[str(tmp_path)],
+                      resources={"gpu_node": 1})
     llm_config = vllm_llm_config(cfg)
     assert llm_config["model_loading_config"] == {"model_id": str(tmp_path), "model_source": str(tmp_path)}
     assert llm_config["deployment_config"] == {
         "autoscaling_config": {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 8},
-        "max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 2.0},
-    }
+        "max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 2.0, "resources": {"gpu_node": 1}},
+    }  # replicas land on (and autoscale) the node type with the custom resource, as --backend transformers does
     engine = llm_config["engine_kwargs"]
     assert (engine["dtype"], engine["max_num_seqs"], engine["allowed_local_media_path"]) == ("bfloat16", 8,
                                                                                              str(tmp_path))

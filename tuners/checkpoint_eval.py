@@ -73,7 +73,8 @@ class CheckpointEvaluator:
         # ("auto" would see none and load the model on CPUs).
         serve_cfg = ServeConfig(model=self.cfg.model, replicas=self.cfg.serve_replicas, adapters_dir=str(self.train_dir),
                                 app_name=APP, max_batch_size=self.cfg.eval.batch_size,
-                                gpus_per_replica=1.0 if self.cfg.resources.use_gpu else "auto")
+                                gpus_per_replica=1.0 if self.cfg.resources.use_gpu else "auto",
+                                resources=self.cfg.resources.replica_resources)
         status = serve.status()
         self._serve_was_running = bool(status.proxies or status.applications)
         if not self._serve_was_running:

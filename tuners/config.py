@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from evaluators.config import _Datasets
-from serving.config import ModelConfig, SamplingParams, StrictModel
+from serving.config import ModelConfig, SamplingParams, StrictModel, custom_resources
 from serving.storage import OutPath
 from tuners.mitigations.study import Mitigations
 
@@ -50,8 +50,14 @@ class Resources(StrictModel):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="custom resources each Train worker holds, e.g. {trainer: 1}: trials run "
         "only on nodes started with them (`ray start --resources='{\"trainer\": 4}'`)")
+    replica_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources each Serve replica evaluating the checkpoints holds, e.g. "
+        "{eval_node: 1}: the study's evaluation runs only on (or autoscales) nodes that have them")
     max_concurrent_trials: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, each from its last checkpoint")
+
+    _custom_only = field_validator("resources_per_worker", "replica_resources")(
+        lambda cls, value: custom_resources(value))
 
 
 class Objective(StrictModel):
