@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -30,7 +30,9 @@ LLAVA_CHAT_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
     "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+# The special tokens by role, as PreTrainedTokenizerFast takes them; other families pass their own.
+LLAVA_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                "extra_special_tokens": {"image_token": "<image>"}}
 BASE_CORPUS = [
     "USER: ASSISTANT: What is the object in the image? Please only answer a single object in",
     "What is the number in the image? Please only answer a single number in 0, 1, 2, 3, 4, 5, 6, 7, 8, 9.",
@@ -39,31 +41,30 @@ BASE_CORPUS = [
 ]
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer trained locally: whole words, so even a random model's junk reads as words."""
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2048, tokens: dict = LLAVA_TOKENS,
+                    more_special: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained locally: whole words, so even a random model's junk reads as words.
+
+    `tokens` are the family's special tokens by role (an `unk_token` is required: the word-level model's unknown
+    word); `more_special` are other tokens its chat template spells whole (Qwen's `<|im_start|>`)."""
+    extra = tokens.get("extra_special_tokens", {})
+    special = [t for role, t in tokens.items() if role != "extra_special_tokens" and t] + [*extra.values()]
+    tok = Tokenizer(models.WordLevel(unk_token=tokens["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[*special, *more_special],
+                                        show_progress=False)
     tok.train_from_iterator(list(corpus) * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-        model_max_length=4096,
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", model_max_length=4096, **tokens)
 
 
-def start_tiny(out_dir: str | Path, corpus: Iterable[str], vocab_size: int, seed: int):
-    """The output dir, a seeded torch RNG (same seed, same weights) and a tokenizer trained on the corpus."""
+def start_tiny(out_dir: str | Path, corpus: Iterable[str], vocab_size: int, seed: int, **tokens):
+    """The output dir, a seeded torch RNG (same seed, same weights) and a tokenizer trained on the corpus
+    (`tokens`: train_tokenizer's, for a family with other special tokens than LLaVA's)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    return out, train_tokenizer([*BASE_CORPUS, *corpus], vocab_size=vocab_size)
+    return out, train_tokenizer([*BASE_CORPUS, *corpus], vocab_size=vocab_size, **tokens)
 
 
 def tiny_vision_config(image_size: int, patch_size: int, hidden_size: int, layers: int) -> CLIPVisionConfig:
