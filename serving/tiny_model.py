@@ -74,6 +74,24 @@ def tiny_vision_config(image_size: int, patch_size: int, hidden_size: int, layer
                             projection_dim=hidden_size)
 
 
+def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int, layers: int) -> LlamaConfig:
+    """The Llama language model the tiny families share (LLaVA-1.5's and InstructBLIP-Vicuna's are Llama), sized
+    to the tokenizer."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.1,  # peaked logits: greedy choices are far from ties, so batch shape cannot flip them
+    )
+
+
 def tiny_image_processor(image_size: int) -> CLIPImageProcessorPil:
     return CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                  crop_size={"height": image_size, "width": image_size})
@@ -100,19 +118,7 @@ def tiny_llava(
     `vision_feature_layer=-2` is LLaVA-1.5's choice: the patch features feeding the tower's last layer, the ones a
     contrastively trained tower has shaped (its last layer only pools into CLS)."""
     vision = tiny_vision_config(image_size, patch_size, hidden_size, vision_layers or layers)
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.1,  # peaked logits: greedy choices are far from ties, so batch shape cannot flip them
-    )
+    text = tiny_llama_config(tokenizer, hidden_size, layers)
     n_patches = (image_size // patch_size) ** 2
     config = LlavaConfig(
         vision_config=vision,
