@@ -4,7 +4,7 @@ Tuning and mitigation write them, the server and the evaluation load them:
 - LoRA: a standard peft adapter directory (`adapter_config.json` + `adapter_model.safetensors`); the projector may
   ride along in `modules_to_save`. Loading it leaves the base weights untouched.
 - projector-only: `emt_adapter.json` ({"kind": "projector", "base_model": ..., ...}) + `projector.safetensors`, the
-  state dict of the LLaVA projector (a few MB against GBs for the model), swapped in per batch.
+  state dict of the family's projector (a few MB against GBs for the model), swapped in per batch.
 - weight patch: `emt_adapter.json` ({"kind": "patch", ...}) + `patch.safetensors`, the new values of the base
   parameters a mitigation changed (Model Tailor, WiSE-FT, merges), by parameter name. A tensor that changed in few
   entries is stored sparse (flat indices + values). Written in place per batch and restored after, exactly.
@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from serving.errors import EMTError, UnknownNameError
+from serving.families import family_of
 from serving.storage import Location, default_cache_dir, local_dir
 
 LORA_CONFIG = "adapter_config.json"
@@ -31,14 +32,22 @@ SPARSE_BELOW = 0.5  # a patched tensor with fewer changed entries than this shar
 
 
 def projector_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The LLaVA projector of an HF model (transformers 5 nests it under `.model`); under a peft wrapper created
-    by `modules_to_save`, the base copy, which is the one in use when no LoRA adapter is active."""
-    proj = getattr(model, "multi_modal_projector", None) or model.model.multi_modal_projector
-    return getattr(proj, "original_module", proj)
+    """The projector of an HF model, as its family names it (serving/families.py): the module itself, or, for a
+    family with several (InstructBLIP's Q-Former and output projection), a ModuleDict built on the fly that shares
+    them, keyed by each one's last name, so one state dict saves, loads and swaps them all. Under peft's
+    `modules_to_save` wrapper, the base copy: the one in use when no LoRA adapter is active."""
+    parts = {path.rsplit(".", 1)[-1]: _unwrapped(model.get_submodule(path)) for path in family_of(model).projector}
+    return next(iter(parts.values())) if len(parts) == 1 else torch.nn.ModuleDict(parts)
+
+
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    if isinstance(module, torch.nn.ModuleList):  # wrapped element by element (tuners.methods.projector_paths)
+        return torch.nn.ModuleList(map(_unwrapped, module))
+    return getattr(module, "original_module", module)
 
 
 def save_projector_checkpoint(model: torch.nn.Module, out_dir: str | Path, base_model: str, extra: dict | None = None) -> Path:
-    """Write a projector-only checkpoint of an HF LLaVA model; `extra` (trial, step, metrics) goes into the JSON."""
+    """Write a projector-only checkpoint of an HF model; `extra` (trial, step, metrics) goes into the JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in projector_module(model).state_dict().items()}

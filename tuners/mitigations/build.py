@@ -11,10 +11,10 @@ import torch
 
 from evaluators.datasets import get_spec, load_split
 from serving.adapters import PROJECTOR_META, save_patch
+from serving.families import family_of
 from serving.storage import Location, local_dir
 from serving.transformers_engine import load_model_and_processor
 from tuners.data import collate
-from tuners.methods import modules_of
 from tuners.mitigations import MITIGATIONS
 from tuners.mitigations.merging import dare, task_arithmetic, ties, wise_ft
 from tuners.mitigations.settings import TailorSettings, parse_layers
@@ -70,26 +70,30 @@ def fine_tuned_linears(pre: torch.nn.Module, ft: torch.nn.Module, names: set[str
 
 
 def tailor_projector(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> int:
-    """Each projector Linear in turn, its Hessian from the inputs the already-tailored ones give it."""
-    mods = modules_of(ft)
-    projector, pre_projector = ft.get_submodule(mods.projector), pre.get_submodule(mods.projector)
+    """Each Linear of the modules the `projector` setting covers in turn, its Hessian from the inputs the
+    already-tailored ones give it."""
     kept = 0
-    for name in fine_tuned_linears(pre_projector, projector, None):
-        linear = projector.get_submodule(name)
-        hook = HessianHook(linear)
-        _run(ft, batches, stop_at=projector)
-        kept += tailor_linear(pre_projector.get_submodule(name), linear, hook.remove(), s)
+    for path in family_of(ft).tailor_projector:
+        projector, pre_projector = ft.get_submodule(path), pre.get_submodule(path)
+        for name in fine_tuned_linears(pre_projector, projector, None):
+            linear = projector.get_submodule(name)
+            hook = HessianHook(linear)
+            _run(ft, batches, stop_at=projector)
+            kept += tailor_linear(pre_projector.get_submodule(name), linear, hook.remove(), s)
     return kept
 
 
-def tailor_language_model(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> int:
-    """Decoder layer after decoder layer, as SparseGPT: the inputs of layer i are the outputs of the tailored
-    layers before it; all Linears of one layer are tailored from one pass of its inputs."""
-    mods = modules_of(ft)
-    layers = ft.get_submodule(mods.language).layers
-    pre_layers = pre.get_submodule(mods.language).layers
+def tailor_layers(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings, path: str,
+                  decoder: bool) -> int:
+    """The layer stack at `path`, layer after layer, as SparseGPT: the inputs of layer i are the outputs of the
+    tailored layers before it; all Linears of one layer are tailored from one pass of its inputs. `decoder`: the
+    language model's stack, whose layers `s.layers` picks and whose Hessians count only the prompt's real tokens
+    (the attention mask); another stack (InstructBLIP's Q-Former) is tailored whole, over every token it sees.
+    Layers are replayed alone, so what a model adds between them is not seen (Qwen3-VL's deepstack features)."""
+    layers, pre_layers = ft.get_submodule(path), pre.get_submodule(path)
     names = set(s.modules.split(",")) if s.modules else None
-    todo = {i: fine_tuned_linears(pre_layers[i], layers[i], names) for i in parse_layers(s.layers, len(layers))}
+    picked = parse_layers(s.layers, len(layers)) if decoder else range(len(layers))
+    todo = {i: fine_tuned_linears(pre_layers[i], layers[i], names) for i in picked}
     scope = [i for i, changed in todo.items() if changed]
     if not scope:
         return 0
@@ -100,7 +104,7 @@ def tailor_language_model(pre: torch.nn.Module, ft: torch.nn.Module, batches: li
         raise _Stop
 
     _run(ft, batches, stop_at=layers[scope[0]], capture=capture)
-    masks = [b.get("attention_mask") for b in batches]
+    masks = [b.get("attention_mask") if decoder else None for b in batches]
     kept = 0
     for i in range(scope[0], scope[-1] + 1):
         layer = layers[i]
@@ -122,14 +126,18 @@ def tailor_language_model(pre: torch.nn.Module, ft: torch.nn.Module, batches: li
 
 
 def tailor(pre: torch.nn.Module, ft: torch.nn.Module, batches: list[dict], s: TailorSettings) -> dict:
-    """Model Tailor on one fine-tune, in place: the projector as `s.projector` says, then the language model."""
-    mods = modules_of(ft)
+    """Model Tailor on one fine-tune, in place: the projector as `s.projector` says, then the family's layer
+    stacks in forward order (serving/families.py: the language model's decoder layers; InstructBLIP's Q-Former
+    first)."""
+    family = family_of(ft)
     kept = 0
     if s.projector == "reset":
-        ft.get_submodule(mods.projector).load_state_dict(pre.get_submodule(mods.projector).state_dict())
+        for path in family.tailor_projector:
+            ft.get_submodule(path).load_state_dict(pre.get_submodule(path).state_dict())
     elif s.projector == "tailor":
         kept += tailor_projector(pre, ft, batches, s)
-    kept += tailor_language_model(pre, ft, batches, s)
+    for path in family.tailor_layers:
+        kept += tailor_layers(pre, ft, batches, s, path, decoder=path == family.decoder_layers)
     return {"kept_entries": kept}
 
 
