@@ -97,6 +97,13 @@ def tiny_image_processor(image_size: int) -> CLIPImageProcessorPil:
                                  crop_size={"height": image_size, "width": image_size})
 
 
+def generation_tokens(model, tokenizer: PreTrainedTokenizerFast) -> None:
+    """The tokenizer's pad, EOS and BOS ids in the model's generation config (a config built from scratch has none)."""
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = (tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                                            tokenizer.bos_token_id)
+
+
 def mark_tiny(out: Path, note: str, seed: int) -> None:
     """A file that says, next to the weights, that they are random on purpose."""
     (out / "EMT_TINY_MODEL.json").write_text(json.dumps({"note": note, "seed": seed}, indent=2))
@@ -130,9 +137,7 @@ def tiny_llava(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    generation_tokens(model, tokenizer)
     processor = LlavaProcessor(
         image_processor=tiny_image_processor(image_size),
         tokenizer=tokenizer,
@@ -165,6 +170,15 @@ def random_llava(tokenizer: PreTrainedTokenizerFast, **sizes) -> tuple[LlavaForC
     model, processor = tiny_llava(tokenizer, **sizes)
     model.generation_config.begin_suppress_tokens = [tokenizer.eos_token_id]
     return model, processor
+
+
+def words_only(model, tokenizer: PreTrainedTokenizerFast) -> None:
+    """For tests: random weights may rank a special token first, EOS (an empty answer that exercises nothing) or
+    an image or template token (decoded to nothing), so generation bans every special token but EOS, and EOS at the
+    first new token."""
+    specials = set(tokenizer.added_tokens_decoder) - {tokenizer.eos_token_id}
+    model.generation_config.suppress_tokens = sorted(specials)
+    model.generation_config.begin_suppress_tokens = [tokenizer.eos_token_id]
 
 
 def build_tiny_llava(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:

@@ -5,6 +5,7 @@ Runs everywhere (CPU, one or several GPUs per replica); vLLM replaces it on GPU 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import itertools
 import os
@@ -73,6 +74,19 @@ def load_model_and_processor(model: str, *, device: str = "auto", dtype: str = "
     return net, processor
 
 
+def chat_prompt(processor, prompt: str | None, image: bool) -> str:
+    """One user turn (image first, as LLaVA is trained) in the model's own chat format: the processor's template,
+    else its tokenizer's (InstructBlipProcessor keeps none), else LLaVA's plain format."""
+    content = ([{"type": "image"}] if image else []) + ([{"type": "text", "text": prompt}] if prompt else [])
+    messages = [{"role": "user", "content": content}]
+    if getattr(processor, "chat_template", None) is not None:
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    if processor.tokenizer.chat_template is not None:
+        return processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    image_tag = f"{getattr(processor, 'image_token', '<image>')}\n" if image else ""
+    return FALLBACK_TEMPLATE.format(image=image_tag, prompt=prompt or "")
+
+
 class TransformersEngine(Engine):
     """Hosts one model; `generate` runs requests in micro-batches of `max_batch_size`, one adapter at a time.
 
@@ -112,8 +126,6 @@ class TransformersEngine(Engine):
         # another pads a batch, and Rust refuses the overlap ("Already borrowed"). Every processor call holds this.
         self._processor_lock = threading.Lock()
         self.device = next(self.model.parameters()).device
-        self.has_chat_template = getattr(self.processor, "chat_template", None) is not None
-        self.image_token = getattr(self.processor, "image_token", "<image>")
         self._peft = None  # peft.PeftModel around self.model once a LoRA adapter is loaded
         self._lora_ids: dict[str, str] = {}  # adapter name -> peft adapter id (peft forbids "." and "/" in ids)
         self._projectors: dict[str, dict[str, torch.Tensor]] = {}
@@ -234,12 +246,7 @@ class TransformersEngine(Engine):
                    max_batch_size=max_batch_size, num_threads=num_threads)
 
     def render(self, request: GenerationRequest) -> str:
-        """The model's own chat format for one user turn (image first, as LLaVA is trained)."""
-        if not self.has_chat_template:
-            image = f"{self.image_token}\n" if request.image is not None else ""
-            return FALLBACK_TEMPLATE.format(image=image, prompt=request.prompt)
-        content = ([{"type": "image"}] if request.image is not None else []) + [{"type": "text", "text": request.prompt}]
-        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        return chat_prompt(self.processor, request.prompt, request.image is not None)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         fault_point("engine.batch")
@@ -322,17 +329,28 @@ class TransformersEngine(Engine):
         images = [r.image.convert("RGB") for r in batch if r.image is not None] or None
         with self._processor_lock:
             texts = [self.render(r) for r in batch]
-            inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
+            inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+            if qformer := getattr(self.processor, "qformer_tokenizer", None):
+                # InstructBLIP's processor pads the Q-Former's text on the language model's side (left), but the
+                # Q-Former (BERT) numbers positions from the first token: padded on the left, a row's image features
+                # would change with the batch it is in.
+                q = qformer(texts, padding=True, padding_side="right", return_tensors="pt")
+                inputs["qformer_input_ids"], inputs["qformer_attention_mask"] = q["input_ids"], q["attention_mask"]
+            inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        gen_kwargs = dict(max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens)
+        settings = dict(max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens)
         if params.greedy:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
-        return inputs, gen_kwargs
+            settings.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
+        # The checkpoint's own generation config with these settings, passed explicitly: InstructBLIP's `generate`
+        # hands over to its language model's, which would not see the checkpoint's (its first-token EOS ban).
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(**settings)
+        return inputs, {"generation_config": config}
 
     def _generation(self, new_ids: list[int], prompt_tokens: int) -> Generation:
         """One row's answer, the same streamed or not: cut at eos, pad ids dropped, decoded, stripped."""

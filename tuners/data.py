@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from evaluators.prompts import train_answer, train_prompt
+from serving.transformers_engine import chat_prompt
 
 IGNORE = -100  # label value torch's cross-entropy skips
 
@@ -26,22 +27,21 @@ def collate_examples(images: Sequence[Image.Image], questions: Sequence[str | No
     """Tokenise (image, question, answer) examples, right-padded; labels are -100 everywhere but each answer and its
     EOS. A question of None asks nothing: the image alone, as LLaVA's caption-alignment stage does."""
     tok = processor.tokenizer
-    prompts = []
-    for question in questions:
-        content = [{"type": "image"}] + ([{"type": "text", "text": question}] if question else [])
-        prompts.append(processor.apply_chat_template([{"role": "user", "content": content}],
-                                                     add_generation_prompt=True))
+    prompts = [chat_prompt(processor, question, image=True) for question in questions]
     texts = [f"{prompt} {answer}{tok.eos_token}" for prompt, answer in zip(prompts, answers)]
     side = tok.padding_side
     tok.padding_side = "right"
     try:
         # Each prompt measured with its own image: families that size images natively (Qwen2.5-VL) or tile them
         # (LLaVA-OneVision) give a bigger image more tokens, so one length per question would be wrong.
-        prompt_lens = processor(images=list(images), text=prompts, padding=True,
-                                return_tensors="pt")["attention_mask"].sum(dim=1).tolist()
+        prompt_inputs = processor(images=list(images), text=prompts, padding=True, return_tensors="pt")
         inputs = processor(images=list(images), text=texts, padding=True, return_tensors="pt")
     finally:
         tok.padding_side = side
+    # InstructBLIP's Q-Former reads the instruction to choose what to see in the image: the instruction alone, as
+    # at inference; the answer must not leak into it.
+    inputs.update({key: value for key, value in prompt_inputs.items() if key.startswith("qformer_")})
+    prompt_lens = prompt_inputs["attention_mask"].sum(dim=1).tolist()
     labels = inputs["input_ids"].clone()
     labels[inputs["attention_mask"] == 0] = IGNORE
     for row, n in enumerate(prompt_lens):
