@@ -98,6 +98,7 @@ _add(Family(
     projector=("qformer", "language_projection"), vision="vision_model", language="language_model.model",
     tailor_layers=("qformer.encoder.layer", "language_model.model.layers"), tailor_projector=("language_projection",),
     vllm=False, examples=("Salesforce/instructblip-vicuna-7b", "Salesforce/instructblip-vicuna-13b"),
+    tiny="serving.tiny_instructblip:build_tiny_instructblip",
 ))
 _add(Family(
     name="qwen2_vl", title="Qwen2-VL", model_types=("qwen2_vl",),
@@ -120,6 +121,7 @@ _add(Family(
     name="idefics3", title="Idefics3 / SmolVLM", model_types=("idefics3",),
     projector=("model.connector",), vision="model.vision_model", language="model.text_model",
     examples=("HuggingFaceM4/Idefics3-8B-Llama3", "HuggingFaceTB/SmolVLM-Instruct"),
+    tiny="serving.tiny_idefics3:build_tiny_idefics3",
 ))
 _add(Family(
     name="smolvlm", title="SmolVLM2", model_types=("smolvlm",),

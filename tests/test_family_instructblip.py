@@ -3,6 +3,7 @@ Q-Former reads the question padded on its own side, and training labels the answ
 from __future__ import annotations
 
 import pytest
+from family_checks import check_family
 from image_size_checks import check_engine, check_training_step, mixed_size_images
 
 from evaluators.datasets import get_spec
@@ -36,3 +37,7 @@ def test_training_step_labels_the_answer_and_the_qformer_reads_the_question_only
                              [train_answer(spec.kind, name) for name in spec.classes[:2]], processor)
     asked = processor.qformer_tokenizer([question] * 2, return_tensors="pt")["input_ids"]
     assert batch["qformer_input_ids"].tolist() == asked.tolist()
+
+
+def test_eval_tune_serve_tailor(tiny_instructblip, ray_session, tmp_path):
+    check_family(tiny_instructblip, tmp_path)

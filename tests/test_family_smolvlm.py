@@ -3,6 +3,7 @@ padding, counted in prompt_tokens, and trained on with answer-only labels."""
 from __future__ import annotations
 
 import pytest
+from family_checks import check_family
 from image_size_checks import check_engine, check_training_step, mixed_size_images
 
 from evaluators.datasets import get_spec
@@ -44,3 +45,7 @@ def test_image_shape_sets_the_tiles_in_one_batch(tiny_smolvlm):
 
 def test_training_step_on_mixed_image_sizes(tiny_smolvlm):
     check_training_step(tiny_smolvlm)
+
+
+def test_eval_tune_serve_tailor(tiny_smolvlm, ray_session, tmp_path):
+    check_family(tiny_smolvlm, tmp_path)
