@@ -97,7 +97,7 @@ def clip_baseline(cfg: BaselineConfig, *, progress: bool = True) -> dict:
     work = prepare(cfg.datasets, fingerprint, NO_SAMPLING, finished_keys(store),
                    prompt_for=lambda spec: clip_prompt(spec.kind, "{class}"))
     todo = sum(w.todo.num_rows for w in work)
-    wanted = [k for w in work for k in w.done]  # and the keys of this run's answers, as they come back
+    wanted = [pa.array(w.done, pa.string()) for w in work]  # and copies of the new answers' keys as they come back
     total = sum(w.size for w in work)
     with tqdm(total=total, initial=total - todo, desc=f"baseline {cfg.clip.name}", unit="img", file=terminal.err(),
               disable=not progress, mininterval=1.0) as bar:
@@ -105,9 +105,9 @@ def clip_baseline(cfg: BaselineConfig, *, progress: bool = True) -> dict:
             for batch in build_dataset(cfg, work).iter_batches(batch_format="pyarrow",
                                                                batch_size=cfg.compute.flush_rows):
                 n = batch.num_rows
-                wanted.extend(batch.column("key").to_pylist())
+                wanted.append(pa.array(batch.column("key").to_pylist(), pa.string()))
                 store.write_part(batch.append_column("model", pa.array([cfg.clip.name] * n))
                                  .append_column("model_fingerprint", pa.array([fingerprint] * n)))
                 bar.update(n)
-    samples = store.consolidate(wanted)
-    return write_summary(cfg.out, samples, cfg.clip.name, json.loads(cfg.model_dump_json()))
+    store.write_samples(store.slices(pa.concat_arrays(wanted)))
+    return write_summary(cfg.out, cfg.clip.name, json.loads(cfg.model_dump_json()))

@@ -199,11 +199,14 @@ def paper_prompt(spec) -> str:
 def read_dataset(work: list[DatasetWork], chunk: int, fn: Callable = read_samples) -> ray.data.Dataset:
     """Blocks of `chunk` row indices -> `fn` in read tasks. They run on the driver's node, as Ray Data's own reads of
     local:// paths do, because a source is a path there (a local directory, the HF cache of the node that downloaded
-    the hub files) that another node may not have; what they emit is spread by Ray Data as before."""
+    the hub files) that another node may not have; what they emit is spread by Ray Data as before. A driver node
+    started with no CPUs (`--num-cpus 0`, a common head setting) still runs them, holding no CPU slot there."""
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node and n["Alive"]), 0)
     blocks = [w.todo.slice(i, chunk) for w in work for i in range(0, w.todo.num_rows, chunk)]
     return ray.data.from_arrow(blocks).map_batches(
         fn, fn_kwargs=dict(sources={w.name: w.source for w in work}), batch_format="pyarrow", batch_size=None,
-        num_cpus=0.5, label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()})
+        num_cpus=0.5 if cpus else 0, label_selector={"ray.io/node-id": node})
 
 
 def prepare(datasets: list[DatasetConfig], fingerprint: str, params: SamplingParams, done: set[str],
@@ -344,7 +347,9 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     store = ResultStore(cfg.out, run_identity(cfg, fingerprint))
     work = {w.name: w for w in prepare(cfg.datasets, fingerprint, cfg.generation, finished_keys(store))}
     todo = sum(w.todo.num_rows for w in work.values())
-    wanted = [k for w in work.values() for k in w.done]  # and the keys of this run's answers, as they come back
+    # the keys of this run's stored answers, and of its new ones as they come back (copies: a view of a batch would
+    # keep the whole batch alive)
+    wanted = [pa.array(w.done, pa.string()) for w in work.values()]
     total = sum(w.size for w in work.values())
     bar = tqdm(total=total, initial=total - todo, desc=f"eval {cfg.model.name}", unit="img", file=terminal.err(),
                disable=not progress, mininterval=1.0)
@@ -365,7 +370,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         try:
             for batch in build_dataset(cfg, list(work.values())).iter_batches(batch_format="pyarrow", batch_size=None):
                 pending.append(batch)
-                wanted.extend(batch.column("key").to_pylist())
+                wanted.append(pa.array(batch.column("key").to_pylist(), pa.string()))
                 if sum(t.num_rows for t in pending) >= cfg.compute.flush_rows or time.monotonic() - last_flush > 10:
                     flush()
         except Exception as err:
@@ -376,5 +381,5 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
         finally:
             flush()  # whatever finished is kept, whatever happened next
     bar.close()
-    samples = store.write_samples(judge_rows(store.rows(wanted), work, judges))
-    return write_summary(cfg.out, samples, cfg.model.name, json.loads(cfg.model_dump_json()))
+    store.write_samples(judge_rows(rows, work, judges) for rows in store.slices(pa.concat_arrays(wanted)))
+    return write_summary(cfg.out, cfg.model.name, json.loads(cfg.model_dump_json()))

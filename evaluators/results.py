@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from serving.errors import EMTError
 from serving.storage import Location
 
 RUN_FILE = "run.json"
-REPEATED_COLUMNS = ("prompt", "split", "model", "model_fingerprint")  # one value per dataset or run
+SLICE_ROWS = 8192  # rows of the answers pass judged and written at a time
 LEADING_COLUMNS = ("dataset", "sample_id", "label", "label_name", "prompt", "output", "correct", "category", "error",
                    "model")
 
@@ -60,34 +61,56 @@ class ResultStore:
         path.write_parquet(table)
         return path
 
-    def rows(self, keys: list[str]) -> pa.Table:
-        """The stored rows of `keys` (this run's samples), one per key (a key written twice keeps its last copy),
-        sorted for reading. Each part is filtered as it is read, and the columns that repeat one value per dataset
-        or run are read as dictionaries: a 50k-image run's answers then cost the driver tens of MB, not hundreds."""
+    def slices(self, keys: pa.Array) -> Iterator[pa.Table]:
+        """The stored rows of `keys` (this run's samples), one per key (a key written twice keeps its last copy), in
+        (dataset, sample_id) order, SLICE_ROWS at a time, in the parts' common schema. A slice reads only the parts
+        that hold its rows, so the answers pass of a run of any size holds one slice, not the run."""
         files = self.part_files()
         if not files:
             raise EMTError(f"no results stored in {self.parts}: nothing to summarise")
-        wanted = pa.array(keys, pa.string())
-        parts = []
-        for f in files:
-            part = f.read_parquet(dictionary=REPEATED_COLUMNS)
-            parts.append(part.filter(pa.compute.is_in(part.column("key"), value_set=wanted)))
-        table = pa.concat_tables(parts, promote_options="default")
-        del parts
-        order = pa.table({"key": table.column("key"), "i": pa.array(np.arange(table.num_rows))})
-        last = order.group_by("key", use_threads=False).aggregate([("i", "max")]).column("i_max")
-        if len(last) != table.num_rows:
-            table = table.take(last)
-        return table.sort_by([("dataset", "ascending"), ("sample_id", "ascending")])
+        schema = pa.unify_schemas([f.read_schema() for f in files], promote_options="default")
+        index = _last_copies(files, keys)
+        if not index.num_rows:
+            yield schema.empty_table()
+        for start in range(0, index.num_rows, SLICE_ROWS):
+            part, row = (index.column(c).slice(start, SLICE_ROWS).to_numpy() for c in ("part", "row"))
+            tables, positions = [], []
+            for number in np.unique(part):
+                mine = np.flatnonzero(part == number)
+                tables.append(conform(files[number].read_parquet().take(pa.array(row[mine])), schema))
+                positions.append(mine)
+            yield pa.concat_tables(tables).take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
 
-    def write_samples(self, table: pa.Table) -> pa.Table:
-        """samples.parquet: the run's rows, most-read columns first."""
-        lead = [c for c in LEADING_COLUMNS if c in table.column_names]
-        table = table.select(lead + [c for c in table.column_names if c not in lead])
-        table = table.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
-                                      for f in table.schema]))  # plain strings in the file, as before
-        (self.out / "samples.parquet").write_parquet(table)
-        return table
+    def write_samples(self, slices: Iterable[pa.Table]) -> Location:
+        """samples.parquet from the run's rows, slice by slice, most-read columns first."""
+        def ordered() -> Iterator[pa.Table]:
+            for table in slices:
+                lead = [c for c in LEADING_COLUMNS if c in table.column_names]
+                yield table.select(lead + [c for c in table.column_names if c not in lead])
 
-    def consolidate(self, keys: list[str]) -> pa.Table:
-        return self.write_samples(self.rows(keys))
+        samples = self.out / "samples.parquet"
+        samples.write_parquet_slices(ordered())
+        return samples
+
+
+def _last_copies(files: list[Location], keys: pa.Array) -> pa.Table:
+    """(part, row) of each wanted key's last stored copy, in (dataset, sample_id) order, found from three small
+    columns of each part, never from the answers themselves."""
+    pieces = []
+    for number, f in enumerate(files):
+        table = f.read_parquet(columns=["key", "dataset", "sample_id"])
+        rows = pc.indices_nonzero(pc.is_in(table.column("key"), value_set=keys))
+        pieces.append(table.take(rows).append_column("part", pa.array(np.full(len(rows), number, np.int32)))
+                      .append_column("row", rows.cast(pa.int64())))
+    index = pa.concat_tables(pieces)
+    index = index.append_column("i", pa.array(np.arange(index.num_rows)))
+    last = index.select(["key", "i"]).group_by("key", use_threads=False).aggregate([("i", "max")]).column("i_max")
+    if len(last) != index.num_rows:
+        index = index.take(last)
+    return index.sort_by([("dataset", "ascending"), ("sample_id", "ascending")]).select(["part", "row"])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns and types: a column an older part lacks is null."""
+    return pa.table([table.column(f.name).cast(f.type) if f.name in table.column_names
+                     else pa.nulls(table.num_rows, f.type) for f in schema], schema=schema)

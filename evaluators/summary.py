@@ -13,6 +13,7 @@ from itertools import combinations
 from typing import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from evaluators.judges import CATEGORIES, JUDGE_FAILED
 from serving.storage import Location
@@ -63,28 +64,35 @@ def agreement(a: Sequence[bool | None], b: Sequence[bool | None]) -> dict:
     return {"both_judged": n, "agreement": agree / n, "kappa": kappa}
 
 
-def dataset_summary(rows: list[dict], judges: Sequence[str] = ()) -> dict:
+def dataset_summary(rows: pa.Table, judges: Sequence[str] = ()) -> dict:
     """Accuracy (first judge) over judged images; images that could not be evaluated (errors) and answers the
     judge could not decide are counted apart. With per-judge columns, each judge's accuracy and pairwise agreement."""
-    ok = [r for r in rows if not r.get("error")]
-    per_judge = {j: [r[f"correct_{j}"] for r in ok] for j in judges}
+    error = rows.column("error").cast(pa.string()) if "error" in rows.column_names else pa.nulls(rows.num_rows,
+                                                                                                 pa.string())
+    ok = rows.filter(pc.or_kleene(pc.is_null(error), pc.equal(error, "")))
+    per_judge = {j: ok.column(f"correct_{j}").to_pylist() for j in judges}
+    counts = pc.value_counts(ok.column("category"))
+    found = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
     return {
-        "n": len(rows),
-        "errors": len(rows) - len(ok),
-        **accuracy([r["correct"] for r in ok]),
-        "categories": {c: sum(r["category"] == c for r in ok) for c in CATEGORIES},
+        "n": rows.num_rows,
+        "errors": rows.num_rows - ok.num_rows,
+        **accuracy(ok.column("correct").to_pylist()),
+        "categories": {c: found.get(c, 0) for c in CATEGORIES},
         "judges": {j: accuracy(v) for j, v in per_judge.items()},
         "agreement": {f"{a} vs {b}": agreement(per_judge[a], per_judge[b]) for a, b in combinations(judges, 2)},
     }
 
 
+def summary_columns(names: Sequence[str]) -> list[str]:
+    """What the summary reads of samples.parquet: a few small columns, never the answers."""
+    return [c for c in names if c in ("dataset", "correct", "category", "error") or c.startswith("correct_")]
+
+
 def summarize(samples: pa.Table) -> dict[str, dict]:
     judges = [c.removeprefix("correct_") for c in samples.column_names if c.startswith("correct_")]
-    cols = ["dataset", "correct", "category", "error", *(f"correct_{j}" for j in judges)]
-    by_dataset: dict[str, list[dict]] = {}
-    for row in samples.select(cols).to_pylist():
-        by_dataset.setdefault(row["dataset"], []).append(row)
-    return {name: dataset_summary(rows, judges) for name, rows in sorted(by_dataset.items())}
+    datasets = samples.column("dataset")
+    return {name: dataset_summary(samples.filter(pc.equal(datasets, name)), judges)
+            for name in sorted(pc.unique(datasets).to_pylist())}
 
 
 def _pct(value: float | None) -> str:
@@ -126,9 +134,12 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: str | Location, samples: pa.Table, model: str, config: dict) -> dict:
-    summary = {"model": model, "datasets": summarize(samples), "config": config, "versions": versions()}
+def write_summary(out: str | Location, model: str, config: dict) -> dict:
+    """summary.json and summary.md of the run's samples.parquet in `out`."""
     out = Location(out)
+    samples = out / "samples.parquet"
+    table = samples.read_parquet(columns=summary_columns(samples.read_schema().names))
+    summary = {"model": model, "datasets": summarize(table), "config": config, "versions": versions()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "summary.md").write_text(render_markdown(summary))
     return summary

@@ -13,10 +13,11 @@ import hashlib
 import io
 import os
 import shutil
+import tempfile
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -180,10 +181,40 @@ class Location:
         """The table, or its `columns`; the `dictionary` columns (those present) dictionary-encoded."""
         return pq.read_table(self.path, filesystem=self.fs, columns=columns, read_dictionary=list(dictionary) or None)
 
+    def read_schema(self) -> pa.Schema:
+        """A parquet file's schema, from its footer alone."""
+        return pq.read_schema(self.path, filesystem=self.fs)
+
     def write_parquet(self, table: pa.Table) -> None:
         buf = io.BytesIO()
         pq.write_table(table, buf)
         self.write_bytes(buf.getvalue())
+
+    def write_parquet_slices(self, tables: Iterable[pa.Table]) -> None:
+        """One parquet file from `tables` (the first one's schema), written as they come, so a caller holds one slice
+        of a large table at a time; whole or absent like every write (a local temporary file, renamed or uploaded).
+        At least one table (an empty one gives the file its schema)."""
+        local = Path(self.path).parent if self.local else None
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".tmp", dir=local)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            writer = None
+            for table in tables:
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+            if writer is None:
+                raise ValueError(f"no table to write to {self}")
+            writer.close()
+            if self.local:
+                os.replace(tmp, self.path)
+            else:
+                with tmp.open("rb") as src, self.fs.open_output_stream(self.path) as dst:
+                    shutil.copyfileobj(src, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _listing(self) -> list[pafs.FileInfo]:
         """Every file below this directory (none if it does not exist): one listing, also of a bucket."""
