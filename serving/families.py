@@ -86,6 +86,7 @@ _add(Family(
     name="llava_onevision", title="LLaVA-OneVision", model_types=("llava_onevision",),
     projector=("model.multi_modal_projector",), vision="model.vision_tower", language="model.language_model",
     examples=("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+    tiny="serving.tiny_onevision:build_tiny_onevision",
 ))
 # The Q-Former and its output projection sit where LLaVA's projector does: both are what InstructBLIP's instruction
 # tuning trains (the LLM and the ViT stay frozen), so `linear` trains both. Model Tailor's official code traces the
@@ -109,6 +110,7 @@ _add(Family(
     name="qwen2_5_vl", title="Qwen2.5-VL", model_types=("qwen2_5_vl",),
     projector=("model.visual.merger",), vision="model.visual", language="model.language_model",
     examples=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+    tiny="serving.tiny_qwen2_5_vl:build_tiny_qwen2_5_vl",
 ))
 # Qwen3-VL also feeds the LLM's first layers from intermediate vision layers, each through a merger of its own.
 _add(Family(

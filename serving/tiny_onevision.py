@@ -22,7 +22,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from serving.tiny_model import save_model_dir, start_tiny
+from serving.tiny_model import generation_tokens, save_model_dir, start_tiny, words_only
 
 # The template transformers' convert_llava_onevision_weights_to_hf.py writes into the llava-hf OneVision checkpoints
 # (llava-hf/llava-onevision-qwen2-0.5b-ov-hf and its siblings): Qwen's turns, images before the text.
@@ -76,9 +76,7 @@ def tiny_onevision(
         vision_aspect_ratio="anyres_max_9",
     )
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
+    generation_tokens(model, tokenizer)
     size = {"height": tile_size, "width": tile_size}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessorPil(size=size, image_grid_pinpoints=pinpoints),
@@ -94,9 +92,9 @@ def tiny_onevision(
 
 
 def random_onevision(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_onevision for tests: EOS suppressed at the first new token, so no answer is empty (as random_llava)."""
+    """tiny_onevision for tests: answers in words only, never empty (tiny_model.words_only)."""
     model, processor = tiny_onevision(tokenizer, **sizes)
-    model.generation_config.begin_suppress_tokens = [tokenizer.eos_token_id]
+    words_only(model, tokenizer)
     return model, processor
 
 

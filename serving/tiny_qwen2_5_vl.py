@@ -19,7 +19,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from serving.tiny_model import save_model_dir, start_tiny
+from serving.tiny_model import generation_tokens, save_model_dir, start_tiny, words_only
 
 # Qwen/Qwen2.5-VL-7B-Instruct's chat_template.json (the same text as Qwen2-VL-7B-Instruct's), as the hub model ships
 # it: a default system turn, images as <|vision_start|><|image_pad|><|vision_end|>, the answer after
@@ -86,9 +86,7 @@ def tiny_qwen2_5_vl(
         vision_end_token_id=ids("<|vision_end|>"),
     )
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
+    generation_tokens(model, tokenizer)
     image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=merge_size, temporal_patch_size=2,
                                                min_pixels=min_pixels, max_pixels=max_pixels)
     # The processor requires a video processor too (torchvision-backed in transformers 5): the same patching
@@ -100,9 +98,9 @@ def tiny_qwen2_5_vl(
 
 
 def random_qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_qwen2_5_vl for tests: EOS suppressed at the first new token, so no answer is empty (as random_llava)."""
+    """tiny_qwen2_5_vl for tests: answers in words only, never empty (tiny_model.words_only)."""
     model, processor = tiny_qwen2_5_vl(tokenizer, **sizes)
-    model.generation_config.begin_suppress_tokens = [tokenizer.eos_token_id]
+    words_only(model, tokenizer)
     return model, processor
 
 
