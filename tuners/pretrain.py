@@ -156,6 +156,8 @@ def _pixels(processor, images) -> torch.Tensor:
 
 
 def pretrain(config: PretrainConfig, out: Path) -> None:
+    from serving.adapters import projector_module
+    from serving.families import family_of
     from serving.tiny_clip import tiny_clip
     from serving.tiny_model import save_model_dir, start_tiny, tiny_llava
 
@@ -193,9 +195,10 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
     say(f"pretrain: CLIP trained ({time.perf_counter() - started:.0f} s)")
 
     # --- 2. LLaVA stage 1: the projector aligned on captions ------------------------------------------------------
-    llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    family = family_of(llava)
+    llava.get_submodule(family.vision).load_state_dict(clip.vision_model.state_dict())
     llava.requires_grad_(False)
-    projector = llava.model.multi_modal_projector
+    projector = projector_module(llava)
     projector.requires_grad_(True)
     llava.train()
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.align.lr)
@@ -206,7 +209,7 @@ def pretrain(config: PretrainConfig, out: Path) -> None:
     say(f"pretrain: projector aligned ({time.perf_counter() - started:.0f} s)")
 
     # --- 3. LLaVA stage 2: instruction tuning of the projector and the language model -----------------------------
-    llava.model.language_model.requires_grad_(True)
+    llava.get_submodule(family.language).requires_grad_(True)
     llava.lm_head.requires_grad_(True)
     trained = [p for p in llava.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.instruct.lr)

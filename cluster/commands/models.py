@@ -1,4 +1,5 @@
-"""`emt tiny-model`, `emt pretrain` and `emt demo`: the tiny models, and the README's first look at a whole study."""
+"""`emt models`, `emt tiny-model`, `emt pretrain` and `emt demo`: the supported model families, the tiny models, and
+the README's first look at a whole study."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,38 @@ DEMO_CONFIG = REPO / "experiments" / "tiny.yaml"
 BASE_DIR = Path("runs/tiny-base")
 
 
+def families_table():
+    """The datasheet of serving/families.py, one row per family (the README's "Model families" table is this)."""
+    from serving.families import FAMILIES
+
+    rows = []
+    for name in FAMILIES:
+        f = FAMILIES.get(name)
+        rows.append([f"`{name}`", f.title, _code(f.model_types), ", ".join(f.examples), _code(f.projector),
+                     f"`{f.language}`: {', '.join(f.lora_targets)}", f"layers {_code(f.tailor_layers)}; projector "
+                     f"setting: {_code(f.tailor_projector)}", "yes" if f.vllm else "no"])
+    return ["family", "model", "HF model types", "hub examples", "`linear` trains", "LoRA targets (+ the projector)",
+            "Model Tailor", "vLLM"], rows
+
+
+def _code(paths: tuple[str, ...]) -> str:
+    return ", ".join(f"`{p}`" for p in paths)
+
+
+def unsupported_list() -> str:
+    from serving.families import UNSUPPORTED
+
+    return "\n".join(f"- {u.name}: {u.reason}." for u in UNSUPPORTED)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from evaluators.tables import markdown
+
+    terminal.say(markdown(families_table()))
+    terminal.say("\nModels of the EMT paper that are not supported:\n" + unsupported_list())
+    return 0
+
+
 def tiny_model_corpus() -> list[str]:
     """Every EMT prompt, answer and caption, so the locally trained tokenizer covers the words the model will see."""
     from evaluators.datasets import DATASETS, get_spec
@@ -21,10 +54,11 @@ def tiny_model_corpus() -> list[str]:
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
-    from serving.tiny_model import build_tiny_llava
+    from serving.families import FAMILIES
 
-    path = build_tiny_llava(args.dir, tiny_model_corpus(), seed=args.seed)
-    terminal.say(f"tiny LLaVA model written to {path} (random weights: its answers are junk by design)")
+    family = FAMILIES.get(args.family)
+    path = family.tiny_factory()(args.dir, tiny_model_corpus(), seed=args.seed)
+    terminal.say(f"tiny {family.title} model written to {path} (random weights: its answers are junk by design)")
     return 0
 
 
@@ -58,8 +92,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tiny-model", help="write a tiny random LLaVA model directory for tests")
+    p = sub.add_parser("models", help="the supported model families: what linear and LoRA train, Tailor's scope")
+    p.set_defaults(func=run_models)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random model directory of a family for tests")
     p.add_argument("dir")
+    p.add_argument("--family", default="llava", help="model family (default llava; `emt models` lists them)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_tiny_model)
 
