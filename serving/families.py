@@ -29,6 +29,8 @@ class Family:
     LoRA targets and Model Tailor walks. `tailor_layers`: the layer stacks Model Tailor tailors layer after layer, in
     forward order (default: the language model's decoder layers; its `layers` setting picks among those);
     `tailor_projector`: the modules its `projector: reset|tailor|keep` setting applies to (default: the projector).
+    `vllm`: the architecture is in vLLM's supported models (`_MULTIMODAL_MODELS` of vllm/model_executor/models/
+    registry.py, read December 2026: every family here but InstructBLIP).
     `tiny`: "module:function" of a factory `function(out_dir, corpus, *, seed) -> Path` writing a tiny random model
     directory of the family (None until one exists)."""
 

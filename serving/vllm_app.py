@@ -23,6 +23,9 @@ source of Ray 2.60 and vLLM):
   `max_completion_tokens` is not enforced.
 - Callers: `emt eval --via serve` needs our ModelServer's deployment handle, which this app has not: evaluate it
   over HTTP (`--endpoint http://HOST:PORT/v1`).
+- Families: a model family vLLM does not serve (serving/families.py: InstructBLIP is not in vLLM's supported models,
+  vllm/model_executor/models/registry.py) is refused before anything starts, when the model's config can be read
+  here (a local directory, the HF cache, or the hub); vLLM checks any other on its replica.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from types import ModuleType
 from serving.adapters import LORA_CONFIG, AdapterCatalog, adapter_kind
 from serving.config import ServeConfig
 from serving.errors import EMTError
+from serving.families import family_of
 
 CLOUD_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")  # all Ray's LoraConfig accepts
 MAX_LORA_RANK = 64  # emt tune's default lora_r; vLLM sizes its LoRA buffers by it and refuses adapters above it
@@ -57,6 +61,7 @@ def vllm_llm_config(cfg: ServeConfig, adapters_uri: str | None = None) -> dict:
         raise EMTError("--backend vllm cannot require an API key (Ray's LLM app has no authentication hook): drop "
                        "--api-key and unset EMT_API_KEY, and keep --host 127.0.0.1 or put an authenticating proxy "
                        "in front of it")
+    _refuse_unserved_family(cfg)
     _refuse_local_adapters(cfg)
     scaling = (
         {"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
@@ -82,6 +87,20 @@ def vllm_llm_config(cfg: ServeConfig, adapters_uri: str | None = None) -> dict:
         "engine_kwargs": engine,
         **lora,
     }
+
+
+def _refuse_unserved_family(cfg: ServeConfig) -> None:
+    """The model's family from its config (no weights loaded), refused if vLLM does not serve it."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model.name, revision=cfg.model.revision)
+    except (OSError, ValueError):  # no model config here (offline, a typo, a directory without config.json):
+        return  # `emt serve`'s model check says which, or vLLM checks the family on its replica
+    family = family_of(config)
+    if not family.vllm:
+        raise EMTError(f"model '{cfg.model.name}' is {family.title} (model family '{family.name}'), which vLLM does "
+                       "not serve (it is not in vLLM's supported models): serve it with --backend transformers")
 
 
 def _tensor_parallel(cfg: ServeConfig) -> int:

@@ -137,7 +137,7 @@ def llava_in_hf_cache(tmp_path, monkeypatch):
 
     repo = tmp_path / "hf-cache" / f"models--{LLAVA.replace('/', '--')}"
     (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
-    (repo / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
+    (repo / "snapshots" / ("a" * 40) / "config.json").write_text('{"model_type": "llava"}')
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -170,3 +170,13 @@ def test_without_vllm_the_app_and_emt_serve_stop_with_the_install_command(monkey
     assert "Traceback" not in err and not started  # refused before Ray starts
     assert main(["serve", "--model", LLAVA, "--backend", "vllm", "--api-key", "k"]) == 2  # config first
     assert "cannot require an API key" in capsys.readouterr().err
+
+
+def test_a_family_vllm_does_not_serve_is_refused_before_anything_starts(tmp_path):
+    from transformers import InstructBlipConfig, LlavaConfig
+
+    InstructBlipConfig(text_config={"model_type": "llama"}).save_pretrained(tmp_path / "instructblip")
+    with pytest.raises(EMTError, match="InstructBLIP .*model family 'instructblip'.* --backend transformers"):
+        vllm_llm_config(ServeConfig(model=str(tmp_path / "instructblip")))
+    LlavaConfig().save_pretrained(tmp_path / "llava")
+    assert vllm_llm_config(ServeConfig(model=str(tmp_path / "llava")))["engine_kwargs"]["tensor_parallel_size"] == 1
