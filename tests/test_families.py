@@ -76,3 +76,36 @@ def test_each_tiny_factory_names_a_function_that_exists():
     if without:
         with pytest.raises(EMTError, match="has no tiny model factory yet"):
             FAMILIES.get(without[0]).tiny_factory()
+
+
+def test_qwen3_vl_deepstack_mergers_train_with_the_merger_and_save_as_one_projector():
+    """The one projector that holds a ModuleList (Qwen3-VL's deepstack mergers): both methods train every merger
+    (a real tiny model, one backward pass), and the projector's state dict has the same keys under LoRA's wrappers."""
+    import copy
+
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from serving.adapters import projector_module
+    from tuners.methods import LoraSettings, apply_method
+
+    torch.manual_seed(0)
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8, out_hidden_size=64,
+                           deepstack_visual_indexes=[0, 1], num_position_embeddings=16),
+        image_token_id=100, video_token_id=101, vision_start_token_id=102, vision_end_token_id=103)
+    model = Qwen3VLForConditionalGeneration(config)
+    ids = torch.tensor([[1, 102, 100, 100, 100, 100, 103, 5, 6, 7]])  # a 4x4-patch image: 4 tokens after 2x2 merge
+    inputs = dict(input_ids=ids, labels=ids, mm_token_type_ids=(ids == 100).long(),
+                  pixel_values=torch.randn(16, 3 * 2 * 8 * 8), image_grid_thw=torch.tensor([[1, 4, 4]]))
+    keys = sorted(projector_module(model).state_dict())
+    assert any(k.startswith("deepstack_merger_list.1.") for k in keys) and any(k.startswith("merger.") for k in keys)
+    for method in ("linear", "lora"):
+        base = copy.deepcopy(model)
+        trained, groups = apply_method(base, method, LoraSettings(r=4, alpha=8, dropout=0.0), 1e-2, 1e-1)
+        trained(**inputs).loss.backward()
+        projector = groups[0]["params"]
+        assert len(projector) == len(keys) and all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector)
+        assert sorted(projector_module(base).state_dict()) == keys, method
