@@ -63,7 +63,6 @@ def tiny_qwen2_5_vl(
     Images are resized to multiples of patch_size * merge_size within [min_pixels, max_pixels]; each merged 2x2
     block of patches is one image token. The ViT's first layer attends within windows, its last over the whole
     image, as the real one alternates."""
-    ids = tokenizer.convert_tokens_to_ids
     head_dim = hidden_size // 4
     vision = dict(depth=layers, hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_heads=4,
                   patch_size=patch_size, spatial_merge_size=merge_size, temporal_patch_size=2,
@@ -82,8 +81,8 @@ def tiny_qwen2_5_vl(
         vision_config=vision,
         image_token_id=tokenizer.image_token_id,
         video_token_id=tokenizer.video_token_id,
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        vision_start_token_id=tokenizer.vision_start_token_id,
+        vision_end_token_id=tokenizer.vision_end_token_id,
     )
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     generation_tokens(model, tokenizer)
