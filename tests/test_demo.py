@@ -1,13 +1,17 @@
 """`emt demo`: the trained base, its CLIP baseline, the trials, the matrix and the report, in one command; a second
 run retrains and re-evaluates nothing. The committed base (built once per session), a micro study on it;
-`make demo` runs experiments/tiny.yaml."""
+`make demo` runs experiments/tiny.yaml. The first run is a `ray job submit` to a head the test starts (a job's log
+names where its results are), the second runs in this process."""
 from __future__ import annotations
+
+import json
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from cluster.cli import main
+from cluster_helpers import REPO, ray_head
 from tuners import pretrain as pretrain_module
 
 TUNE = {
@@ -24,13 +28,19 @@ TUNE = {
 }
 
 
-def test_demo_runs_the_whole_study_then_reuses_it(ray_session, trained_base, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_demo_job_runs_the_whole_study_then_a_rerun_reuses_it(ray_session, trained_base, tmp_path, capsys,
+                                                                 monkeypatch):
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(TUNE))
     monkeypatch.setenv("EMT_CACHE_DIR", str(trained_base))  # the session's build of the default base is cached there
     monkeypatch.setattr(pretrain_module, "pretrain", lambda *a, **k: pytest.fail("the demo retrained a cached base"))
     args = ["demo", "--out", str(tmp_path / "demo"), "--base", str(tmp_path / "base"), "--config", str(tmp_path / "tune.yaml")]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+    with ray_head(tmp_path, num_cpus=8) as head:  # 8 logical CPUs on 2 cores: Serve, Data and Tune hold slots
+        result = head.job("submit", "--submission-id", "demo", "--working-dir", str(REPO), "--runtime-env-json",
+                          json.dumps({"env_vars": {"EMT_CACHE_DIR": str(trained_base)}}), "--",
+                          "python", "-m", "cluster.jobs", *args, timeout=900)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "succeeded" in out, out[-4000:]
     demo = tmp_path / "demo"
     matrix = pq.read_table(demo / "matrix.parquet").to_pylist()
     assert {(r["method"], r["epoch"], r["mitigation"]) for r in matrix} == {
@@ -40,6 +50,7 @@ def test_demo_runs_the_whole_study_then_reuses_it(ray_session, trained_base, tmp
     assert (demo / "report.html").stat().st_size > 0 and (demo / "baseline" / "summary.json").is_file()
     assert (tmp_path / "base" / "mllm" / "config.json").is_file() and (tmp_path / "base" / "clip" / "config.json").is_file()
     assert "| base |" in out and f"report: {demo}/report.html" in out and "not retraining" in out
+    assert f"results: {demo}" in out, "the job's log says where its results are"
     base = {r["eval_dataset"]: r["accuracy"] for r in matrix if r["method"] == "base"}
     assert base["digits"] >= 0.5 and base["colors"] >= 0.5, base
 

@@ -1,7 +1,7 @@
-"""Jobs submitted with `ray job submit --working-dir .` to a Ray head each test starts (and alone stops): tune and
-the demo (eval: tests/test_autoscaling.py); each job's log names where its results are. A tune job stopped with
-`ray job stop` at a known point (fault injection, not a timer) is finished by the same command with --resume,
-evaluating nothing twice."""
+"""`emt tune` end to end as a user runs it on a cluster: a `ray job submit --working-dir .` to a Ray head the test
+starts (and alone stops), writing everything into an S3-compatible store (moto on loopback), stopped with
+`ray job stop` at a known point (fault injection, not a timer), finished by the same command with --resume as a new
+job, then rerun with nothing left to do. The demo as a job: tests/test_demo.py; eval: tests/test_autoscaling.py."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -56,18 +55,20 @@ def job_status(address: str, env: dict, submission_id: str) -> str:
     return match.group(1)
 
 
-def tiny_tune(tmp_path: Path, model: str, **extra) -> Path:
-    """The smallest study with every kind of row: the base and two epochs of one trial, on two datasets."""
+def study(tmp_path: Path, model: str, clip: str) -> Path:
+    """Linear and LoRA trials, two epochs each, on two datasets; the CLIP baseline beside the base; WiSE-FT rows."""
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"name": model},
+        "vision_baseline": {"name": clip},
         "train": {"limit": 32},
         "eval": {"datasets": [{"name": "digits", "limit": 12}, {"name": "colors", "limit": 12}],
                  "generation": {"max_tokens": 4}, "batch_size": 12, "validation_limit": 8},
-        "search": {"space": {"method": ["linear"], "train_dataset": ["digits"], "epochs": 2, "batch_size": 16,
-                             "lr": 0.003, "projector_lr": 0.01}},
-        "resources": {"max_concurrent_trials": 1, "max_failures": 1},
-        "out": str(tmp_path / "unused"), **extra}))
+        "search": {"space": {"method": ["linear", "lora"], "train_dataset": ["digits"], "epochs": 2,
+                             "batch_size": 16, "lr": 0.003, "projector_lr": 0.01, "lora_r": 4}},
+        "resources": {"max_concurrent_trials": 2, "max_failures": 2},
+        "mitigations": {"methods": [{"name": "wise_ft", "alpha": 0.5}]},
+        "out": str(tmp_path / "unused")}))
     return path
 
 
@@ -79,20 +80,26 @@ def part_keys(out: Location) -> dict[str, list[str]]:
     return rows
 
 
+def answers(out: Location, row: str, dataset: str) -> dict[str, str]:
+    table = (out / "evals" / row / "samples.parquet").read_parquet(columns=["dataset", "sample_id", "output"])
+    return {r["sample_id"]: r["output"] for r in table.to_pylist() if r["dataset"] == dataset}
+
+
 @pytest.mark.slow
-def test_tune_job_into_s3_stopped_then_resumed_from_the_store(ray_head, tiny_model, s3_bucket, tmp_path):
-    """`emt tune --out s3://...` as a job: every output (Tune state, Train checkpoints, patches, evaluations, matrix,
-    pictures, report) lands in the store and checkpoints are served from there; `ray job stop` at a known point,
-    then the same command with --resume as a new job finishes from the store alone, evaluating nothing twice."""
+def test_tune_job_into_s3_stopped_then_resumed_from_the_store(ray_head, tiny_model, tiny_clip, s3_bucket, tmp_path):
+    """Every output (Tune state, Train checkpoints, patches, evaluations, CLIP baseline, matrix, pictures, report)
+    lands in the store and checkpoints are served from there; a trial crashing once after epoch 1 is retried from its
+    checkpoint; after `ray job stop` the resumed job finishes from the store alone, keeping what was stored and
+    evaluating nothing twice; a rerun of the finished study evaluates nothing."""
     address, env = ray_head
-    config, fired = tiny_tune(tmp_path, tiny_model, mitigations={"methods": [{"name": "wise_ft", "alpha": 0.5}]}), \
-        tmp_path / "fired"
+    config, fired = study(tmp_path, tiny_model, tiny_clip), tmp_path / "fired"
     out = Location(f"{s3_bucket}/runs/study")
     command = ["tune", "--config", str(config), "--out", str(out)]
     started = time.perf_counter()
     # The job's evaluator parks for good once its second row (the base, then a checkpoint) is evaluated.
     result = submit(address, env, "tune-first", command, wait=False,
-                    job_env={"EMT_FAULT": "tune.row_evaluated:2:hang", "EMT_FAULT_FILE": str(fired)})
+                    job_env={"EMT_FAULT": "tune.row_evaluated:2:hang", "EMT_FAULT_FILE": str(fired),
+                             "EMT_CRASH_ONCE_AFTER_EPOCH": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     checks = 0
     while not fired.exists():
@@ -102,7 +109,9 @@ def test_tune_job_into_s3_stopped_then_resumed_from_the_store(ray_head, tiny_mod
                 job(address, env, "logs", "tune-first").stdout[-4000:]
         time.sleep(0.5)
     before = {str(p) for p in out.glob("evals/*/parts/*.parquet")}
-    assert len(out.glob("evals/*/row.json")) == 2, "the base and one checkpoint were evaluated"
+    assert len(out.glob("evals/*/row.json")) == 2, "the base and a checkpoint were evaluated while trials trained"
+    clip_parts = {str(p) for p in out.glob("baseline/parts/*.parquet")}
+    assert clip_parts, "the CLIP baseline ran before the trials"
 
     stopped = job(address, env, "stop", "tune-first")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
@@ -113,47 +122,61 @@ def test_tune_job_into_s3_stopped_then_resumed_from_the_store(ray_head, tiny_mod
     log = result.stdout + result.stderr
     assert result.returncode == 0 and "succeeded" in log, log[-4000:]
     assert f"results: {out}" in log, "the job's log says where its results are"
+    resumed_at = time.perf_counter() - started
+
     matrix = (out / "matrix.parquet").read_parquet().to_pylist()
+    assert {(r["method"], r["epoch"], r["mitigation"]) for r in matrix} == {
+        ("base", None, "none"), *((m, e, "none") for m in ("linear", "lora") for e in (1, 2)),
+        *((m, 2, "wise_ft") for m in ("linear", "lora"))}  # a trial's last epoch is mitigated
+    assert {r["eval_dataset"] for r in matrix} == {"digits", "colors"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in matrix)
+    assert all(r["val_forgetting"] is not None for r in matrix if r["method"] != "base" and r["mitigation"] == "none"), \
+        "every checkpoint row carries its in-trial validation"
     # a trial whose epoch ended as the job stopped may train it again on resume: a second checkpoint, a row of its own
     checkpoints = out.glob("train/*/checkpoint_*/emt_checkpoint.json")
     patched = {r["model"] for r in matrix if r["mitigation"] == "wise_ft"}
-    assert {(r["method"], r["epoch"], r["mitigation"]) for r in matrix} == {
-        ("base", None, "none"), *((m, e, "none") for m in ("linear",) for e in (1, 2)),
-        ("linear", 2, "wise_ft")}  # a trial's last epoch is mitigated
-    assert {r["eval_dataset"] for r in matrix} == {"digits", "colors"}
     keys = part_keys(out)
     assert len(keys) == 1 + len(checkpoints) + len(patched), keys.keys()
     assert all(len(k) == len(set(k)) == 2 * 12 for k in keys.values()), \
         "every (row, sample) evaluated once across the stopped job and the resumed one"
     assert before <= {str(p) for p in out.glob("evals/*/parts/*.parquet")}, "parts written before the stop were kept"
+    assert any(name.startswith("train/.crashed-") for name in out.sizes()), "the injected crash happened"
     assert len(out.glob("train/mitigations/*/patch.safetensors")) == len(patched), "the patches are in the store"
-    assert out.glob("tune/trials/*/result.json"), "Tune's state is in the store"
     for name in ("matrix.csv", "matrix.md", "metrics.csv", "report.html", "heatmap.png", "curves.png", "tradeoff.png"):
         assert (out / name).is_file(), name
-    outputs = {row: (out / "evals" / row / "samples.parquet").read_parquet(columns=["output"]).column("output")
-               for row in keys}
-    assert all(outputs[row] != outputs["base"] for row in keys if row.startswith("linear-")), \
-        "each checkpoint was served from the store, not the base answering again"
-    print(f"tune job: stopped after {stopped_at:.0f} s, resumed job done at {time.perf_counter() - started:.0f} s")
+    for row in set(keys) - {"base"}:  # every row is its own checkpoint, served from the store, not the base again
+        mine, base = answers(out, row, "digits"), answers(out, "base", "digits")
+        assert mine.keys() == base.keys() and mine != base, f"{row} answers as the base does"
 
+    # Tune searched on the forgetting objective and kept its state and TensorBoard logs in the store
+    results = [json.loads(line) for f in out.glob("tune/trials/*/result.json")
+               for line in f.read_text().splitlines() if line.strip()]
+    assert len(results) >= 2 and all({"objective", "val_gain", "val_forgetting", "val_acc_colors"} <= r.keys()
+                                     for r in results)
+    assert any("tfevents" in name for name in out.sizes() if name.startswith("tune/")), "TensorBoard logs by default"
+    report = (out / "report.html").read_text()
+    assert all(name in report for name in ("best run", "gain", "mean forgetting")), "the report names the best runs"
+    assert "Split that chose the best run: each checkpoint's in-trial validation" in report
+    assert "are on the evaluation split (colors: test, digits: test)" in report
 
-@pytest.mark.slow
-def test_demo_job_names_its_results(ray_head, trained_base, tmp_path):
-    """`emt demo` as a job: the trained base from the session's cache (no pretraining in the job), a one-trial study."""
-    address, env = ray_head
-    config = tiny_tune(tmp_path, "set-by-the-demo")
-    data = yaml.safe_load(config.read_text())
-    data["search"]["space"]["epochs"] = 1
-    config.write_text(yaml.safe_dump(data))
-    out = tmp_path / "demo"
-    started = time.perf_counter()
-    result = submit(address, env, "demo", ["demo", "--out", str(out), "--base", str(tmp_path / "base"),
-                                           "--config", str(config)],
-                    job_env={"EMT_CACHE_DIR": str(trained_base)})
-    log = result.stdout + result.stderr
-    assert result.returncode == 0 and "succeeded" in log, log[-4000:]
-    assert "not retraining" in log, "the base came from the cache"
-    assert f"results: {out}" in log and f"report: {out}/report.html" in log
-    matrix = pq.read_table(out / "matrix.parquet").to_pylist()
-    assert {(r["method"], r["epoch"]) for r in matrix} == {("base", None), ("linear", 1)}
-    print(f"demo job: {time.perf_counter() - started:.0f} s")
+    # the CLIP baseline, on the eval's own sample, beside the base; the resumed job reused it
+    clip = json.loads((out / "baseline" / "summary.json").read_text())
+    assert clip["model"] == tiny_clip and {d: v["n"] for d, v in clip["datasets"].items()} == {"digits": 12, "colors": 12}
+    assert {str(p) for p in out.glob("baseline/parts/*.parquet")} == clip_parts, "the resumed job reused it"
+    clip_ids = (out / "baseline" / "samples.parquet").read_parquet(columns=["dataset", "sample_id"]).to_pylist()
+    assert {r["sample_id"] for r in clip_ids if r["dataset"] == "digits"} == answers(out, "base", "digits").keys()
+    base = {r["eval_dataset"]: r["accuracy"] for r in matrix if r["method"] == "base"}
+    for name in ("digits", "colors"):
+        c, b = 100 * clip["datasets"][name]["accuracy"], 100 * base[name]
+        assert f"| {name} | {c:.2f} | {b:.2f} | {b - c:+.2f} |" in (out / "matrix.md").read_text()
+        assert f"<td>{c:.2f}</td><td>{b:.2f}</td><td>{b - c:+.2f}</td>" in report
+    assert "<h2>Vision encoder (CLIP zero-shot)</h2>" in report
+
+    parts = out.sizes()
+    result = submit(address, env, "tune-rerun", [*command, "--resume"])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert {n for n in out.sizes() if "/parts/" in n} == {n for n in parts if "/parts/" in n}, \
+        "a finished study resumed evaluates nothing again"
+    assert json.loads((out / "experiment.json").read_text())["search"]["space"]["lora_r"] == 4
+    print(f"tune job: stopped after {stopped_at:.0f} s, resumed job done at {resumed_at:.0f} s, rerun done at "
+          f"{time.perf_counter() - started:.0f} s")

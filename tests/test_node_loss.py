@@ -164,10 +164,11 @@ def test_trial_resumes_from_its_checkpoint_on_another_node(cluster, monkeypatch,
 
 @pytest.mark.slow
 def test_eval_replicas_node_lost_mid_run_every_sample_once(cluster, monkeypatch, tiny_model, tmp_path):
-    # One CPU on the head: the replicas (2 CPUs each) can only run on worker nodes; decoding stays on the head.
-    c = cluster(1)
+    # No CPU on the head (a common head setting): the replicas (2 CPUs each) and Ray Data's CPU tasks run on the
+    # worker node and are lost with it; the read tasks, pinned to the driver's node, run there holding no CPU.
+    c = cluster(0)
     marker = tmp_path / "fired"
-    first = add_worker(c, monkeypatch, "engine.batch:2:hang", marker, num_cpus=4)
+    first = add_worker(c, monkeypatch, "engine.batch:2:hang", marker, num_cpus=6)
 
     def config(out: Path) -> Path:
         path = out.with_suffix(".yaml")
@@ -184,7 +185,7 @@ def test_eval_replicas_node_lost_mid_run_every_sample_once(cluster, monkeypatch,
     try:
         wait_until(marker.exists, proc, log)  # a replica on the node is parked inside a batch
         assert on_node(first, int(marker.read_text().split("pid=")[1]))
-        replace_node(c, first, proc, log, num_cpus=4)
+        replace_node(c, first, proc, log, num_cpus=6)
     finally:
         if proc.poll() is None:
             proc.kill()
