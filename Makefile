@@ -23,8 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/emt demo --out runs/demo
 
+# Two pytest workers (xdist): much of the suite waits on Ray processes, nodes and jobs starting; tests that share the
+# session's trained base run on one worker (xdist_group).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

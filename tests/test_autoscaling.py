@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cluster_helpers import REPO, Head, free_port, ray_head
+from cluster_helpers import Head, free_port, ray_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # each took 1-5 min on 2 shared, busy cores
 
@@ -127,7 +127,10 @@ def test_eval_replicas_launch_their_node_type_which_goes_back_when_idle(tmp_path
         assert not nodes_with(head, "eval_node"), "the eval node type must start with no node"
         out = tmp_path / "job-out"
         submitted = time.time()
-        result = head.job("submit", "--working-dir", str(REPO), "--",
+        # No --working-dir (as in the tune test below): the fake nodes are raylets of one machine sharing the head's
+        # session dir, and a node's runtime-env agent unpacking the same package once left the job driver without
+        # a module of it (evaluators.datasets.sampling). Jobs with --working-dir: tests/test_job_submit.py.
+        result = head.job("submit", "--",
                           "python", "-m", "cluster.jobs", "eval", "--model", tiny_model, "--dataset", "digits",
                           "--limit", "12", "--max-tokens", "4", "--batch-size", "4", "--out", str(out),
                           "--no-progress", "--replica-resources", "eval_node=1")

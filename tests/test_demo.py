@@ -14,6 +14,9 @@ from cluster.cli import main
 from cluster_helpers import REPO, ray_head
 from tuners import pretrain as pretrain_module
 
+# The session's trained base (built once, ~2 minutes) is shared with test_pretrain.py / test_demo.py: one xdist worker.
+pytestmark = pytest.mark.xdist_group("trained_base")
+
 TUNE = {
     "model": {"name": "set-by-the-demo"},
     "train": {"limit": 40},
@@ -54,11 +57,27 @@ def test_demo_job_runs_the_whole_study_then_a_rerun_reuses_it(ray_session, train
     base = {r["eval_dataset"]: r["accuracy"] for r in matrix if r["method"] == "base"}
     assert base["digits"] >= 0.5 and base["colors"] >= 0.5, base
 
-    parts = sorted(demo.glob("evals/*/parts/*.parquet"))
+    # the CLIP baseline, on the eval's own sample, beside the base in matrix.md and the report
+    clip = json.loads((demo / "baseline" / "summary.json").read_text())
+    assert {d: v["n"] for d, v in clip["datasets"].items()} == {"digits": 12, "colors": 12}
+    def sample_ids(part: str) -> list[tuple[str, str]]:
+        table = pq.read_table(demo / part / "samples.parquet", columns=["dataset", "sample_id"])
+        return sorted(zip(table.column("dataset").to_pylist(), table.column("sample_id").to_pylist()))
+
+    assert sample_ids("baseline") == sample_ids("evals/base"), "CLIP saw exactly the images the base was asked about"
+    report = (demo / "report.html").read_text()
+    for name in ("digits", "colors"):
+        c, b = 100 * clip["datasets"][name]["accuracy"], 100 * base[name]
+        assert f"| {name} | {c:.2f} | {b:.2f} | {b - c:+.2f} |" in (demo / "matrix.md").read_text()
+        assert f"<td>{c:.2f}</td><td>{b:.2f}</td><td>{b - c:+.2f}</td>" in report
+    assert "<h2>Vision encoder (CLIP zero-shot)</h2>" in report
+
+    parts = sorted(demo.glob("evals/*/parts/*.parquet")) + sorted(demo.glob("baseline/parts/*.parquet"))
     patches = {p: p.stat().st_mtime_ns for p in demo.glob("train/mitigations/*/patch.safetensors")}
     assert len(patches) == 2
     assert main(args) == 0
-    assert sorted(demo.glob("evals/*/parts/*.parquet")) == parts, "the second demo evaluated nothing again"
+    assert sorted(demo.glob("evals/*/parts/*.parquet")) + sorted(demo.glob("baseline/parts/*.parquet")) == parts, \
+        "the second demo evaluated nothing again, CLIP's baseline included"
     assert {p: p.stat().st_mtime_ns for p in demo.glob("train/mitigations/*/patch.safetensors")} == patches, \
         "the second demo rebuilt a patch"
 
@@ -70,5 +89,5 @@ def test_demo_job_runs_the_whole_study_then_a_rerun_reuses_it(ray_session, train
     assert main(["mitigate", str(demo), "--config", str(tmp_path / "more.yaml")]) == 0
     matrix = pq.read_table(demo / "matrix.parquet").to_pylist()
     assert {r["mitigation"] for r in matrix} == {"none", "tailor", "wise_ft", "dare"}
-    assert set(parts) < set(demo.glob("evals/*/parts/*.parquet"))
+    assert set(parts) < {*demo.glob("evals/*/parts/*.parquet"), *demo.glob("baseline/parts/*.parquet")}
     assert {p: p.stat().st_mtime_ns for p in demo.glob("train/mitigations/*/patch.safetensors")}.items() > patches.items()

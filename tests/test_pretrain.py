@@ -19,6 +19,9 @@ from tuners import pretrain as pretrain_module
 from tuners.pretrain import STAMP, PretrainConfig, build, build_key
 from tuners.validation import ValidationSet, accuracies
 
+# The session's trained base (built once, ~2 minutes) is shared with test_pretrain.py / test_demo.py: one xdist worker.
+pytestmark = pytest.mark.xdist_group("trained_base")
+
 DATASETS = ("digits", "shapes", "colors", "colored_shapes")
 # A tiny budget for the determinism and cache checks, seconds on 2 cores.
 MICRO = dict(per_dataset=40, hidden_size=32, clip={"epochs": 1, "lr": 1e-3, "batch_size": 32},

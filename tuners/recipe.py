@@ -16,7 +16,6 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from evaluators.datasets import get_spec
 from serving.adapters import save_projector_checkpoint
@@ -95,6 +94,10 @@ def train_loop_per_worker(config: dict) -> None:
     shard_rows = math.ceil(config["train_rows"] / ctx.get_world_size())
     steps_per_epoch = max(1, math.ceil(shard_rows / config["batch_size"]))
     optimizer = torch.optim.AdamW(groups, weight_decay=config.get("weight_decay", 0.0))
+    # Imported here: transformers.optimization pulls in peft (~3 s), which the trial's Tune actor and Train controller,
+    # that import this module only to hand this function on, never need.
+    from transformers import get_cosine_schedule_with_warmup
+
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(config.get("warmup_ratio", 0.03) * steps_per_epoch * config["epochs"]),
         steps_per_epoch * config["epochs"])
