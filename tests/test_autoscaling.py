@@ -16,9 +16,7 @@ import pytest
 
 from cluster_helpers import Head, free_port, ray_head
 
-# The tests that start extra Ray nodes, heads or whole studies run one after another on one xdist worker (`make test`
-# runs two): two of them at once on 2 cores took 2x as long each. test_demo / test_pretrain share the trained base.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("cluster")]  # 1-5 min each
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # each took 1-5 min on 2 shared, busy cores
 
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's head (ray.autoscaler._private.fake_multi_node)
 IDLE_TIMEOUT_MINUTES = 0.1  # 6 s of idleness and a worker node goes back

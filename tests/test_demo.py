@@ -14,9 +14,8 @@ from cluster.cli import main
 from cluster_helpers import REPO, ray_head
 from tuners import pretrain as pretrain_module
 
-# The tests that start extra Ray nodes, heads or whole studies run one after another on one xdist worker (`make test`
-# runs two): two of them at once on 2 cores took 2x as long each. test_demo / test_pretrain share the trained base.
-pytestmark = pytest.mark.xdist_group("cluster")
+# The session's trained base (built once, ~2 minutes) is shared with test_pretrain.py / test_demo.py: one xdist worker.
+pytestmark = pytest.mark.xdist_group("trained_base")
 
 TUNE = {
     "model": {"name": "set-by-the-demo"},

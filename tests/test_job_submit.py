@@ -17,10 +17,6 @@ from cluster_helpers import BIN, REPO
 from cluster_helpers import ray_head as start_head
 from serving.storage import Location
 
-# The tests that start extra Ray nodes, heads or whole studies run one after another on one xdist worker (`make test`
-# runs two): two of them at once on 2 cores took 2x as long each. test_demo / test_pretrain share the trained base.
-pytestmark = pytest.mark.xdist_group("cluster")
-
 
 @pytest.fixture
 def ray_head(tmp_path):

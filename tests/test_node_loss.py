@@ -21,10 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-# The tests that start extra Ray nodes, heads or whole studies run one after another on one xdist worker (`make test`
-# runs two): two of them at once on 2 cores took 2x as long each. test_demo / test_pretrain share the trained base.
-pytestmark = pytest.mark.xdist_group("cluster")
-
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = "emt_trainer"  # the custom resource that only the trial's worker nodes have
 
