@@ -96,3 +96,10 @@ def test_a_directory_it_did_not_write_is_refused_and_kept(tmp_path):
     with pytest.raises(EMTError, match="holds no `emt pretrain` build"):
         build(PretrainConfig(**MICRO), tmp_path / "mine", cache=tmp_path / "cache")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "cache").exists()
+
+
+def test_the_trained_base_tests_share_one_worker(request):
+    """Under `make test` (xdist, loadgroup) this module and test_demo.py run on one worker, which builds the trained
+    base once: the group suffix is on the node id (pytest 9.2 lost it, and both workers built the base)."""
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@trained_base"), request.node.nodeid
