@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import ray
 from PIL import Image
 
 from evaluators.datasets import load_split
 from evaluators.datasets.colors import NAMES
 from tuners.config import TuneConfig
-from tuners.recipe import epoch_batches
+from tuners.recipe import epoch_batches, worker_shard
 from tuners.samples import training_sample, validation_sample, validation_split
 from tuners.trials import param_space
 
@@ -30,12 +29,11 @@ def image_folder(root: Path, per_class: int) -> Path:
 
 
 def epoch_order(table: pa.Table, seed: int, epoch: int, batch_size: int = 8) -> list[list[str]]:
-    shard = ray.data.from_arrow(table).iterator()
     return [b.column("sample_id").to_pylist()
-            for b in epoch_batches(shard, {"seed": seed, "batch_size": batch_size}, epoch, table.num_rows)]
+            for b in epoch_batches(table, {"seed": seed, "batch_size": batch_size}, epoch)]
 
 
-def test_every_epoch_mixes_class_sorted_data_in_an_order_the_seed_fixes(ray_session, tmp_path):
+def test_every_epoch_mixes_class_sorted_data_in_an_order_the_seed_fixes(tmp_path):
     table = load_split("colors", split="train", source=str(image_folder(tmp_path / "folder", per_class=12)))
     labels = dict(zip(table.column("sample_id").to_pylist(), table.column("label").to_pylist()))
     in_order = list(labels.values())
@@ -48,6 +46,19 @@ def test_every_epoch_mixes_class_sorted_data_in_an_order_the_seed_fixes(ray_sess
     assert first != second, "each epoch in a new order"
     assert epoch_order(table, seed=3, epoch=1) == first, "the same seed gives the same order"
     assert epoch_order(table, seed=4, epoch=1) != first
+
+
+def test_the_workers_of_a_trial_split_its_sample_into_equal_disjoint_shards(tiny_model, tmp_path):
+    """Every worker draws the trial's one seeded sample and keeps its own rows; equal shards (the remainder left
+    out), so DDP workers take the same number of steps and none waits for a step the others never take."""
+    cfg = TuneConfig(model={"name": tiny_model}, train={"limit": 23}, eval={"datasets": [{"name": "digits"}]},
+                     search={"space": {"method": "linear", "train_dataset": "digits"}}, out=str(tmp_path))
+    config = param_space(cfg)
+    sample = ids(training_sample(config))
+    shards = [ids(worker_shard(config, rank, 3)) for rank in range(3)]
+    assert [len(s) for s in shards] == [7, 7, 7]
+    assert set.union(*shards) < sample and len(set.union(*shards)) == 21, "disjoint, from the trial's sample"
+    assert ids(worker_shard(config, 0, 1)) == sample, "one worker trains on the whole sample"
 
 
 def test_training_workers_load_the_whole_model_on_their_own_device(ray_session, tiny_model, tmp_path):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -25,6 +26,7 @@ from serving.transformers_engine import load_model_and_processor, pick_device_an
 from tuners.config import SEARCHABLE
 from tuners.data import collate
 from tuners.manifest import write_meta
+from tuners.samples import training_sample
 from tuners.validation import accuracies, objective_metrics, validation_sets
 from tuners.methods import LoraSettings, apply_method, trainable_state
 
@@ -49,12 +51,22 @@ def mixed_precision(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def epoch_batches(shard, config: dict, epoch: int, rows: int):
-    """This epoch's batches in a fresh order that the trial's seed fixes. The shuffle buffer holds the whole
-    shard (the training sample is in memory already), so class-sorted sources such as image folders mix fully."""
+def worker_shard(config: dict, rank: int, world_size: int) -> pa.Table:
+    """This worker's rows of the trial's training sample. Every worker draws the same seeded sample (it is small
+    and in memory: no Ray Dataset, whose coordinator actors cost each trial more than its epochs on a small
+    sample) and keeps every `world_size`-th row from its rank. Shards are equal, the last `rows % world_size`
+    rows dropped, so every DDP worker takes the same number of steps."""
+    table = training_sample(config)
+    return table.take(pa.array(range(rank, table.num_rows // world_size * world_size, world_size), pa.int64()))
+
+
+def epoch_batches(shard: pa.Table, config: dict, epoch: int):
+    """This epoch's batches: the whole shard in a fresh order that the trial's seed fixes, so class-sorted sources
+    such as image folders mix fully."""
     seed = int(np.random.SeedSequence([config["seed"], epoch]).generate_state(1)[0])
-    return shard.iter_batches(batch_size=config["batch_size"], batch_format="pyarrow",
-                              local_shuffle_buffer_size=max(rows, 1), local_shuffle_seed=seed)
+    order = np.random.default_rng(seed).permutation(shard.num_rows)
+    for start in range(0, shard.num_rows, config["batch_size"]):
+        yield shard.take(pa.array(order[start:start + config["batch_size"]]))
 
 
 def save_checkpoint(model, optimizer, scheduler, epoch: int, config: dict, out: Path, base_val: dict,
@@ -90,9 +102,8 @@ def train_loop_per_worker(config: dict) -> None:
     model.train()
     model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.get_world_size() > 1 else None)
     spec = get_spec(config["train_dataset"])
-    shard = ray.train.get_dataset_shard("train")
-    shard_rows = math.ceil(config["train_rows"] / ctx.get_world_size())
-    steps_per_epoch = max(1, math.ceil(shard_rows / config["batch_size"]))
+    shard = worker_shard(config, rank, ctx.get_world_size())
+    steps_per_epoch = max(1, math.ceil(shard.num_rows / config["batch_size"]))
     optimizer = torch.optim.AdamW(groups, weight_decay=config.get("weight_decay", 0.0))
     # Imported here: transformers.optimization pulls in peft (~3 s), which the trial's Tune actor and Train controller,
     # that import this module only to hand this function on, never need.
@@ -124,7 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
     # --- train -------------------------------------------------------------------------------------------------
     for epoch in range(start_epoch + 1, config["epochs"] + 1):
         started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for batch in epoch_batches(shard, config, epoch, shard_rows):
+        for batch in epoch_batches(shard, config, epoch):
             inputs = {k: v.to(device) for k, v in collate(batch, processor, spec.classes, spec.kind).items()}
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(dtype)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import ray
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from tuners.config import TuneConfig
-from tuners.samples import training_sample
 
 EXPERIMENT = "trials"
 
@@ -70,9 +68,8 @@ def run_trial(config: dict) -> None:
 
 
 def build_trainer(config: dict, name: str, callbacks: list) -> TorchTrainer:
-    """The training sample as a Ray Dataset, sharded over this trial's Train workers; runs resume by `name`."""
-    table = training_sample(config)
-    config = {**config, "train_rows": table.num_rows}
+    """This trial's Train workers, each drawing its shard of the training sample (recipe.worker_shard); runs resume
+    by `name`."""
     resources = {"CPU": config["cpus_per_worker"], **config.get("resources_per_worker", {})}
     if config["use_gpu"]:
         resources["GPU"] = config["gpus_per_worker"] or 1
@@ -88,5 +85,4 @@ def build_trainer(config: dict, name: str, callbacks: list) -> TorchTrainer:
             failure_config=FailureConfig(max_failures=config["max_failures"]),
             callbacks=callbacks,
         ),
-        datasets={"train": ray.data.from_arrow(table)},
     )
