@@ -57,7 +57,7 @@ class Head:
 @contextmanager
 def ray_head(workdir: Path, *args: str, num_cpus: int = 4, env: dict | None = None):
     """Start a head in `workdir` (its log: workdir/head.log) with extra `ray start` args and environment; yield a
-    `Head` once its job API answers; kill its process tree (the nodes, workers and autoscaler it started) after."""
+    `Head` once it runs jobs; kill its process tree (the nodes, workers and autoscaler it started) after."""
     dashboard, gcs_port = free_port(), free_port()
     # Ray >= 2.59 authenticates with a token: this head and its clients share one made here, so the test needs no
     # ~/.ray/auth_token (a fresh CI machine has none) and leaves none behind.
@@ -79,8 +79,10 @@ def ray_head(workdir: Path, *args: str, num_cpus: int = 4, env: dict | None = No
                             start_new_session=True)
     head = Head(proc, f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs_port}", full_env, log)
     try:
-        # Until the head's job API answers: a readiness signal, not a clock (pytest's timeout bounds a hung head).
-        while head.job("list", timeout=120).returncode != 0:
+        # Until the head runs a job: its job API answers before the head's job agent has registered, and a job
+        # submitted then fails ("No available agent to submit job") once the API's 10 s wait for an agent runs out
+        # on a busy machine. A readiness signal, not a clock (pytest's timeout bounds a hung head).
+        while head.job("submit", "--", "true", timeout=120).returncode != 0:
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(1)
         yield head
