@@ -83,6 +83,7 @@ _add(Family(
     name="llava_next", title="LLaVA-NeXT (1.6)", model_types=("llava_next",),
     projector=("model.multi_modal_projector",), vision="model.vision_tower", language="model.language_model",
     examples=("llava-hf/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+    tiny="serving.tiny_llava_next:build_tiny_llava_next",
 ))
 _add(Family(
     name="llava_onevision", title="LLaVA-OneVision", model_types=("llava_onevision",),

@@ -39,5 +39,6 @@ def test_training_step_labels_the_answer_and_the_qformer_reads_the_question_only
     assert batch["qformer_input_ids"].tolist() == asked.tolist()
 
 
+@pytest.mark.slow
 def test_eval_tune_serve_tailor(tiny_instructblip, ray_session, tmp_path):
     check_family(tiny_instructblip, tmp_path)

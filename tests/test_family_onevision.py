@@ -29,6 +29,7 @@ def test_training_step_on_mixed_image_sizes(tiny_onevision):
     check_training_step(tiny_onevision)
 
 
+@pytest.mark.slow
 def test_llava_onevision_end_to_end(ray_session, tiny_onevision, tmp_path):
     """emt eval, emt tune (linear and lora), the checkpoints served by name, emt tailor."""
     check_family(tiny_onevision, tmp_path)

@@ -29,6 +29,7 @@ def test_training_step_on_mixed_image_sizes(tiny_qwen2_5_vl):
     check_training_step(tiny_qwen2_5_vl)
 
 
+@pytest.mark.slow
 def test_qwen2_5_vl_end_to_end(ray_session, tiny_qwen2_5_vl, tmp_path):
     """emt eval, emt tune (linear and lora), the checkpoints served by name, emt tailor."""
     check_family(tiny_qwen2_5_vl, tmp_path)

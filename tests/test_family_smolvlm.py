@@ -47,5 +47,6 @@ def test_training_step_on_mixed_image_sizes(tiny_smolvlm):
     check_training_step(tiny_smolvlm)
 
 
+@pytest.mark.slow
 def test_eval_tune_serve_tailor(tiny_smolvlm, ray_session, tmp_path):
     check_family(tiny_smolvlm, tmp_path)
