@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import socket
 import statistics
@@ -108,7 +107,7 @@ def main() -> None:
     from cluster.runtime import init_ray
     from serving.config import ServeConfig
     from serving.serve_app import build_app
-    from serving.tiny_model import build_tiny_llava
+    from serving.tiny.llava import build_tiny_llava
 
     tmp = Path(tempfile.mkdtemp(prefix="emt-serve-load-"))
     model = str(build_tiny_llava(tmp / "tiny", tiny_model_corpus()))

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = load_average()  # other work on the machine skews every rate: say how busy it was
     from cluster.commands.models import tiny_model_corpus
-    from serving.tiny_model import build_tiny_llava
+    from serving.tiny.llava import build_tiny_llava
 
     with tempfile.TemporaryDirectory(prefix="emt-bench-") as tmp, ForeignLoad() as foreign:
         tmp = Path(tmp)

@@ -82,7 +82,7 @@ def main() -> None:
     from cluster.commands.models import tiny_model_corpus
     from cluster.runtime import init_ray
     from evaluators.datasets import load_split
-    from serving.tiny_model import build_tiny_llava
+    from serving.tiny.llava import build_tiny_llava
 
     tmp = Path(tempfile.mkdtemp(prefix="emt-train-bench-"))
     model_dir = str(build_tiny_llava(tmp / "tiny", tiny_model_corpus()))

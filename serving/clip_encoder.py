@@ -32,7 +32,7 @@ def load_clip(model: str, device: str = "auto", dtype: str = "auto", revision: s
         raise EMTError(
             f"cannot load CLIP model '{model}': {str(err).rstrip('.')}. Pass a CLIP hub id "
             "(openai/clip-vit-large-patch14) on a machine that can reach the hub or caches it, or a local CLIP "
-            "directory (`serving.tiny_clip`)"
+            "directory (`serving.tiny.clip`)"
         ) from err
     return net.to(device).eval(), processor
 

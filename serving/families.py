@@ -77,19 +77,19 @@ def _add(family: Family) -> None:
 _add(Family(
     name="llava", title="LLaVA-1.5", model_types=("llava",),
     projector=("model.multi_modal_projector",), vision="model.vision_tower", language="model.language_model",
-    examples=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"), tiny="serving.tiny_model:build_tiny_llava",
+    examples=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"), tiny="serving.tiny.llava:build_tiny_llava",
 ))
 _add(Family(
     name="llava_next", title="LLaVA-NeXT (1.6)", model_types=("llava_next",),
     projector=("model.multi_modal_projector",), vision="model.vision_tower", language="model.language_model",
     examples=("llava-hf/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf"),
-    tiny="serving.tiny_llava_next:build_tiny_llava_next",
+    tiny="serving.tiny.llava_next:build_tiny_llava_next",
 ))
 _add(Family(
     name="llava_onevision", title="LLaVA-OneVision", model_types=("llava_onevision",),
     projector=("model.multi_modal_projector",), vision="model.vision_tower", language="model.language_model",
     examples=("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
-    tiny="serving.tiny_onevision:build_tiny_onevision",
+    tiny="serving.tiny.onevision:build_tiny_onevision",
 ))
 # The Q-Former and its output projection sit where LLaVA's projector does: both are what InstructBLIP's instruction
 # tuning trains (the LLM and the ViT stay frozen), so `linear` trains both. Model Tailor's official code traces the
@@ -102,7 +102,7 @@ _add(Family(
     projector=("qformer", "language_projection"), vision="vision_model", language="language_model.model",
     tailor_layers=("qformer.encoder.layer", "language_model.model.layers"), tailor_projector=("language_projection",),
     vllm=False, examples=("Salesforce/instructblip-vicuna-7b", "Salesforce/instructblip-vicuna-13b"),
-    tiny="serving.tiny_instructblip:build_tiny_instructblip",
+    tiny="serving.tiny.instructblip:build_tiny_instructblip",
 ))
 _add(Family(
     name="qwen2_vl", title="Qwen2-VL", model_types=("qwen2_vl",),
@@ -113,7 +113,7 @@ _add(Family(
     name="qwen2_5_vl", title="Qwen2.5-VL", model_types=("qwen2_5_vl",),
     projector=("model.visual.merger",), vision="model.visual", language="model.language_model",
     examples=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
-    tiny="serving.tiny_qwen2_5_vl:build_tiny_qwen2_5_vl",
+    tiny="serving.tiny.qwen2_5_vl:build_tiny_qwen2_5_vl",
 ))
 # Qwen3-VL also feeds the LLM's first layers from intermediate vision layers, each through a merger of its own.
 _add(Family(
@@ -126,7 +126,7 @@ _add(Family(
     name="idefics3", title="Idefics3 / SmolVLM", model_types=("idefics3",),
     projector=("model.connector",), vision="model.vision_model", language="model.text_model",
     examples=("HuggingFaceM4/Idefics3-8B-Llama3", "HuggingFaceTB/SmolVLM-Instruct"),
-    tiny="serving.tiny_idefics3:build_tiny_idefics3",
+    tiny="serving.tiny.idefics3:build_tiny_idefics3",
 ))
 _add(Family(
     name="smolvlm", title="SmolVLM2", model_types=("smolvlm",),

@@ -75,7 +75,7 @@ def ray_session():
 def tiny_model(tmp_path_factory) -> str:
     """A real HF model directory of LLaVA architecture, built from a config with a locally trained tokenizer."""
     from cluster.commands.models import tiny_model_corpus
-    from serving.tiny_model import build_tiny_llava
+    from serving.tiny.llava import build_tiny_llava
 
     return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), tiny_model_corpus(), seed=0))
 
@@ -87,7 +87,7 @@ def tiny_clip(tmp_path_factory) -> str:
     from cluster.commands.models import tiny_model_corpus
     from evaluators.datasets import DATASETS, get_spec
     from evaluators.prompts import clip_prompt
-    from serving.tiny_clip import build_tiny_clip
+    from serving.tiny.clip import build_tiny_clip
 
     prompts = [clip_prompt(get_spec(n).kind, c) for n in DATASETS.names() for c in get_spec(n).classes]
     return str(build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), [*tiny_model_corpus(), *prompts], seed=0))

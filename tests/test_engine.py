@@ -98,7 +98,7 @@ def test_fingerprint_hashes_whole_weight_files_once_per_change(tmp_path, monkeyp
     weight file is hashed once, then its digest is read from the cache ($EMT_CACHE_DIR)."""
     from cluster.commands.models import tiny_model_corpus
     from serving import engine
-    from serving.tiny_model import build_tiny_llava
+    from serving.tiny.llava import build_tiny_llava
 
     monkeypatch.setenv("EMT_CACHE_DIR", str(tmp_path / "cache"))
     model = build_tiny_llava(tmp_path / "wide", tiny_model_corpus(), hidden_size=128, layers=3)

@@ -15,7 +15,7 @@ from tuners.data import collate_examples
 @pytest.fixture(scope="session")
 def tiny_instructblip(tmp_path_factory) -> str:
     from cluster.commands.models import tiny_model_corpus
-    from serving.tiny_instructblip import build_tiny_instructblip
+    from serving.tiny.instructblip import build_tiny_instructblip
 
     return str(build_tiny_instructblip(tmp_path_factory.mktemp("tiny-instructblip"), tiny_model_corpus(), seed=0))
 

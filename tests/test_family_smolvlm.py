@@ -16,7 +16,7 @@ from serving.transformers_engine import chat_prompt
 @pytest.fixture(scope="session")
 def tiny_smolvlm(tmp_path_factory) -> str:
     from cluster.commands.models import tiny_model_corpus
-    from serving.tiny_idefics3 import build_tiny_idefics3
+    from serving.tiny.idefics3 import build_tiny_idefics3
 
     return str(build_tiny_idefics3(tmp_path_factory.mktemp("tiny-smolvlm"), tiny_model_corpus(), seed=0))
 

@@ -67,7 +67,7 @@ class PretrainConfig(StrictModel):
     listed_share: float = Field(0.5, ge=0, le=1, description="instruction examples asked with the label list")
 
 
-CODE = ("tuners/pretrain.py", "tuners/data.py", "serving/tiny_model.py", "serving/tiny_clip.py",
+CODE = ("tuners/pretrain.py", "tuners/data.py", "serving/tiny/llava.py", "serving/tiny/clip.py",
         "evaluators/prompts.py", "evaluators/datasets/digits.py", "evaluators/datasets/shapes.py",
         "evaluators/datasets/colors.py", "evaluators/datasets/colored_shapes.py", "evaluators/datasets/generated.py")
 
@@ -158,8 +158,8 @@ def _pixels(processor, images) -> torch.Tensor:
 def pretrain(config: PretrainConfig, out: Path) -> None:
     from serving.adapters import projector_module
     from serving.families import family_of
-    from serving.tiny_clip import tiny_clip
-    from serving.tiny_model import save_model_dir, start_tiny, tiny_llava
+    from serving.tiny.clip import tiny_clip
+    from serving.tiny.llava import save_model_dir, start_tiny, tiny_llava
 
     # --- setup -----------------------------------------------------------------------------------------------------
     started = time.perf_counter()

@@ -22,7 +22,7 @@ from transformers import (
 # SmolVLM's chat template, as transformers ships it for the SmolVLM family (SmolVLM-Instruct's tokenizer_config)
 from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE as SMOLVLM_CHAT_TEMPLATE
 
-from serving.tiny_model import generation_tokens, save_model_dir, start_tiny, tiny_llama_config, words_only
+from serving.tiny.llava import generation_tokens, save_model_dir, start_tiny, tiny_llama_config, words_only
 
 # SmolVLM-Instruct's special tokens by role, and the image tokens Idefics3Processor spells (tile positions up to 6x6)
 SMOLVLM_TOKENS = {"unk_token": "<|endoftext|>", "bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>",

@@ -19,7 +19,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from serving.tiny_model import generation_tokens, save_model_dir, start_tiny, words_only
+from serving.tiny.llava import generation_tokens, save_model_dir, start_tiny, words_only
 
 # Qwen/Qwen2.5-VL-7B-Instruct's chat_template.json (the same text as Qwen2-VL-7B-Instruct's), as the hub model ships
 # it: a default system turn, images as <|vision_start|><|image_pad|><|vision_end|>, the answer after
@@ -97,7 +97,7 @@ def tiny_qwen2_5_vl(
 
 
 def random_qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_qwen2_5_vl for tests: answers in words only, never empty (tiny_model.words_only)."""
+    """tiny_qwen2_5_vl for tests: answers in words only, never empty (tiny.llava.words_only)."""
     model, processor = tiny_qwen2_5_vl(tokenizer, **sizes)
     words_only(model, tokenizer)
     return model, processor

@@ -1,7 +1,7 @@
 """Build a tiny, randomly initialised CLIP (text + vision towers) as a normal HF model directory.
 
 The CLIP judge and the vision-encoder baseline need a CLIP checkpoint, and nothing can be downloaded in tests or
-a laptop demo, so, as `serving.tiny_model` does for LLaVA, the project makes a real `CLIPModel` with a locally
+a laptop demo, so, as `serving.tiny.llava` does for LLaVA, the project makes a real `CLIPModel` with a locally
 trained tokenizer: `CLIPModel` / `AutoProcessor` load it like `openai/clip-vit-large-patch14`. Its embeddings are
 meaningless (random weights), but every code path is the one a real CLIP goes through.
 """
@@ -13,7 +13,7 @@ from typing import Iterable
 from tokenizers.processors import TemplateProcessing
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, PreTrainedTokenizerFast
 
-from serving.tiny_model import tiny_image_processor, tiny_vision_config, write_tiny
+from serving.tiny.llava import tiny_image_processor, tiny_vision_config, write_tiny
 
 
 def clip_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:

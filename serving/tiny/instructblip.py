@@ -1,6 +1,6 @@
 """Build a tiny, randomly initialised InstructBLIP (ViT + Q-Former + Llama, as instructblip-vicuna-7b) model directory.
 
-As `serving.tiny_model` does for LLaVA: the real classes (`InstructBlipForConditionalGeneration`,
+As `serving.tiny.llava` does for LLaVA: the real classes (`InstructBlipForConditionalGeneration`,
 `InstructBlipProcessor` with its BLIP image processor and its second tokenizer, the Q-Former's) at tiny sizes, so
 `AutoProcessor` / `AutoModelForImageTextToText` load it and every InstructBLIP code path runs offline.
 """
@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from serving.tiny_model import (BASE_CORPUS, LLAVA_TOKENS, generation_tokens, save_model_dir, start_tiny,
+from serving.tiny.llava import (BASE_CORPUS, LLAVA_TOKENS, generation_tokens, save_model_dir, start_tiny,
                                 tiny_llama_config, train_tokenizer, words_only)
 
 # Salesforce/instructblip-vicuna-7b ships no chat template: its model card and transformers' InstructBLIP docs

@@ -22,7 +22,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from serving.tiny_model import generation_tokens, save_model_dir, start_tiny, words_only
+from serving.tiny.llava import generation_tokens, save_model_dir, start_tiny, words_only
 
 # The template transformers' convert_llava_onevision_weights_to_hf.py writes into the llava-hf OneVision checkpoints
 # (llava-hf/llava-onevision-qwen2-0.5b-ov-hf and its siblings): Qwen's turns, images before the text.
@@ -92,7 +92,7 @@ def tiny_onevision(
 
 
 def random_onevision(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_onevision for tests: answers in words only, never empty (tiny_model.words_only)."""
+    """tiny_onevision for tests: answers in words only, never empty (tiny.llava.words_only)."""
     model, processor = tiny_onevision(tokenizer, **sizes)
     words_only(model, tokenizer)
     return model, processor

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from serving.tiny_model import (
+from serving.tiny.llava import (
     LLAVA_CHAT_TEMPLATE,
     generation_tokens,
     start_tiny,
@@ -70,7 +70,7 @@ def tiny_llava_next(
 
 def build_tiny_llava_next(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random LLaVA-NeXT model directory and return its path (answers in words only, never empty:
-    tiny_model.words_only); `sizes` are tiny_llava_next's."""
+    tiny.llava.words_only); `sizes` are tiny_llava_next's."""
     out, tokenizer = start_tiny(out_dir, corpus, 2048, seed)
     model, processor = tiny_llava_next(tokenizer, **sizes)
     words_only(model, tokenizer)
