@@ -13,6 +13,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub from the suite
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test`'s two workers on two cores: one torch thread in each and in every process it starts (drivers, Ray
+    # nodes and their workers inherit it). Two OpenMP threads that share a core with the other worker spin-wait: a
+    # small model's training steps took 33 s on two threads against 13 s on one beside a busy core (8 s idle).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (a stable sort): xdist hands them out before the short ones, so no worker is left alone
+    with a long test at the end while the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def free_port() -> int:

@@ -17,6 +17,10 @@ from evaluators.datasets import get_spec, load_split
 from evaluators.prompts import clip_prompt
 
 
+# Its module-scoped runs are built once: every test of the module on one xdist worker.
+pytestmark = pytest.mark.xdist_group("baseline")
+
+
 def baseline(tiny_clip: str, out, *datasets: str, limit: int = 20, source: str | None = None) -> int:
     args = ["baseline", "--clip", tiny_clip, "--limit", str(limit), "--batch-size", "8", "--out", str(out),
             "--no-progress"]

@@ -21,6 +21,10 @@ from evaluators.judges import CATEGORIES
 from serving.config import ModelConfig, SamplingParams
 from serving.engine import GenerationRequest, load_engine
 
+# Its module-scoped runs are built once: every test of the module on one xdist worker.
+pytestmark = pytest.mark.xdist_group("eval")
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

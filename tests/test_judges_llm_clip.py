@@ -22,6 +22,10 @@ from evaluators.summary import accuracy, agreement
 from serving.errors import EMTError
 from loopback_chat import LoopbackChatServer, completion
 
+# Its module-scoped runs are built once: every test of the module on one xdist worker.
+pytestmark = pytest.mark.xdist_group("judges_llm_clip")
+
+
 CIFAR = classnames.CIFAR10
 CAT, DOG, AIRPLANE = CIFAR.index("cat"), CIFAR.index("dog"), CIFAR.index("airplane")
 

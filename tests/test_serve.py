@@ -34,6 +34,10 @@ from serving.engine import GenerationRequest
 from serving.errors import EMTError
 from serving.transformers_engine import TransformersEngine
 
+# Its module-scoped runs are built once: every test of the module on one xdist worker.
+pytestmark = pytest.mark.xdist_group("serve")
+
+
 KEY = "test-key"
 PROMPT = "What is the object in the image?"
 REPO = Path(__file__).resolve().parent.parent
@@ -252,7 +256,7 @@ def noise_png(side: int) -> str:
 
 def test_every_bad_request_gets_its_4xx_with_a_message(server):
     base = server["cfg"].model.name
-    images, root = server["images"], server["root"]
+    images = server["images"]
     ok_image = data_uri(color_images(1)[0])
 
     def body(messages=None, model=base, **kw) -> bytes:

@@ -27,6 +27,10 @@ from tuners.recipe import STATE_FILE
 from tuners.trials import build_trainer, param_space
 
 
+# Its module-scoped runs are built once: every test of the module on one xdist worker.
+pytestmark = pytest.mark.xdist_group("tune_checkpoints")
+
+
 def tune_config(tmp_path: Path, model_dir: str, **overrides) -> TuneConfig:
     data = {
         "model": {"name": model_dir},
