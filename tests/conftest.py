@@ -23,11 +23,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first (a stable sort): xdist hands them out before the short ones, so no worker is left alone
-    with a long test at the end while the other has finished."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
 
 def free_port() -> int:
     with socket.socket() as s:
