@@ -141,7 +141,7 @@ _add(Family(
 _add(Family(
     name="gemma3", title="Gemma 3", model_types=("gemma3",),
     projector=("model.multi_modal_projector",), vision="model.vision_tower", language="model.language_model",
-    examples=("google/gemma-3-4b-it", "google/gemma-3-12b-it"),
+    examples=("google/gemma-3-4b-it", "google/gemma-3-12b-it"), tiny="serving.tiny.gemma3:build_tiny_gemma3",
 ))
 
 _BY_TYPE = {t: FAMILIES.get(n) for n in FAMILIES for t in FAMILIES.get(n).model_types}

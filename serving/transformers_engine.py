@@ -235,7 +235,7 @@ class TransformersEngine(Engine):
                 proj.load_state_dict(self._base_projector)
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
-        images = [request.image.convert("RGB")] if request.image is not None else None
+        images = [[request.image.convert("RGB")]] if request.image is not None else None
         with self._processor_lock:
             inputs = self.processor(images=images, text=[self.render(request)], return_tensors="pt")
         return int(inputs["input_ids"].shape[1])
@@ -326,7 +326,9 @@ class TransformersEngine(Engine):
 
     def _inputs(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> tuple:
         """The batch's model inputs (left-padded) and `generate`'s arguments for `params`."""
-        images = [r.image.convert("RGB") for r in batch if r.image is not None] or None
+        # A list of images per prompt, as every family's processor takes them (Gemma 3's refuses one flat list)
+        images = [[r.image.convert("RGB")] if r.image is not None else [] for r in batch]
+        images = images if any(images) else None
         with self._processor_lock:
             texts = [self.render(r) for r in batch]
             inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")

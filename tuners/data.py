@@ -34,8 +34,9 @@ def collate_examples(images: Sequence[Image.Image], questions: Sequence[str | No
     try:
         # Each prompt measured with its own image: families that size images natively (Qwen2.5-VL) or tile them
         # (LLaVA-OneVision) give a bigger image more tokens, so one length per question would be wrong.
-        prompt_inputs = processor(images=list(images), text=prompts, padding=True, return_tensors="pt")
-        inputs = processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+        per_prompt = [[image] for image in images]  # a list per prompt, as every family's processor takes them
+        prompt_inputs = processor(images=per_prompt, text=prompts, padding=True, return_tensors="pt")
+        inputs = processor(images=per_prompt, text=texts, padding=True, return_tensors="pt")
     finally:
         tok.padding_side = side
     # InstructBLIP's Q-Former reads the instruction to choose what to see in the image: the instruction alone, as
