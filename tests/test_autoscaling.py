@@ -16,10 +16,7 @@ import pytest
 
 from cluster_helpers import Head, free_port, ray_head
 
-# The tests that start Ray clusters of their own (node loss, autoscaling, the S3 tune job) run one after another on
-# one xdist worker: two at once each took up to twice as long (node-loss tune 202-375 s against 111-126 s alone).
-# Each took 1-5 min on 2 shared, busy cores.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("own_clusters")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # each took 1-5 min on 2 shared, busy cores
 
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's head (ray.autoscaler._private.fake_multi_node)
 IDLE_TIMEOUT_MINUTES = 0.1  # 6 s of idleness and a worker node goes back

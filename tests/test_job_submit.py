@@ -18,11 +18,6 @@ from cluster_helpers import ray_head as start_head
 from serving.storage import Location
 
 
-# The tests that start Ray clusters of their own (node loss, autoscaling, the S3 tune job) run one after another on
-# one xdist worker: two at once each took up to twice as long (node-loss tune 202-375 s against 111-126 s alone).
-pytestmark = pytest.mark.xdist_group("own_clusters")
-
-
 @pytest.fixture
 def ray_head(tmp_path):
     """`ray start --head --block` in its own session and temp dir (tests/cluster_helpers.py); teardown kills exactly

@@ -28,10 +28,6 @@ from serving.config import SamplingParams
 from serving.engine import GenerationRequest
 from serving.transformers_engine import TransformersEngine
 
-# The tests that start Ray clusters of their own (node loss, autoscaling, the S3 tune job) run one after another on
-# one xdist worker: two at once each took up to twice as long (node-loss tune 202-375 s against 111-126 s alone).
-pytestmark = pytest.mark.xdist_group("own_clusters")
-
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = "emt_trainer"  # the custom resource that only the trial's worker nodes have
 
