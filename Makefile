@@ -23,8 +23,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/emt demo --out runs/demo
 
-# Two pytest workers (xdist): much of the suite waits on Ray processes, nodes and jobs starting; tests that share the
-# session's trained base run on one worker (xdist_group).
+# Two pytest workers (xdist): much of the suite waits on Ray processes, nodes and jobs starting. Tests that share an
+# expensive fixture (the trained base, a module's run) run on one worker (xdist_group); tests/conftest.py gives each
+# worker one torch thread.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
