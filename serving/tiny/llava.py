@@ -158,9 +158,10 @@ def save_model_dir(out: Path, model, processor, note: str, seed: int) -> Path:
 
 
 def write_tiny(factory, out_dir: str | Path, corpus: Iterable[str], note: str, *, vocab_size: int = 2048,
-               seed: int = 0, **sizes) -> Path:
-    """A tiny random model of `factory` (tiny_llava, tiny_clip) with a tokenizer trained on `corpus`, on disk."""
-    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed)
+               seed: int = 0, tokenizer_args: dict | None = None, **sizes) -> Path:
+    """A tiny random model of `factory` (tiny_llava, tiny_clip, ...) with a tokenizer trained on `corpus`, on disk;
+    `tokenizer_args`: train_tokenizer's, for a family with other special tokens than LLaVA's."""
+    out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed, **(tokenizer_args or {}))
     return save_model_dir(out, *factory(tokenizer, **sizes), note=note, seed=seed)
 
 

@@ -24,11 +24,10 @@ from transformers import (
 from serving.tiny.llava import (
     LLAVA_CHAT_TEMPLATE,
     generation_tokens,
-    start_tiny,
-    save_model_dir,
     tiny_llama_config,
     tiny_vision_config,
     words_only,
+    write_tiny,
 )
 
 
@@ -68,10 +67,14 @@ def tiny_llava_next(
     return model, processor
 
 
-def build_tiny_llava_next(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
-    """Write a tiny random LLaVA-NeXT model directory and return its path (answers in words only, never empty:
-    tiny.llava.words_only); `sizes` are tiny_llava_next's."""
-    out, tokenizer = start_tiny(out_dir, corpus, 2048, seed)
+def random_llava_next(tokenizer: PreTrainedTokenizerFast, **sizes):
+    """tiny_llava_next for tests: answers in words only, never empty (tiny.llava.words_only)."""
     model, processor = tiny_llava_next(tokenizer, **sizes)
     words_only(model, tokenizer)
-    return save_model_dir(out, model, processor, "random weights: answers are junk by design", seed)
+    return model, processor
+
+
+def build_tiny_llava_next(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
+    """Write a tiny random LLaVA-NeXT model directory and return its path; `sizes` are tiny_llava_next's."""
+    return write_tiny(random_llava_next, out_dir, corpus, "random weights: answers are junk by design", seed=seed,
+                      **sizes)
