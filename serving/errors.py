@@ -10,3 +10,11 @@ class UnknownNameError(EMTError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RequestError(EMTError):
+    """A client's mistake in one request: a server answers it with `status` and OpenAI's error shape, never with a
+    traceback; the other requests of its batch go on."""
+
+    status = 400
+    kind = "invalid_request_error"

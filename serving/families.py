@@ -32,7 +32,11 @@ class Family:
     `vllm`: the architecture is in vLLM's supported models (`_MULTIMODAL_MODELS` of vllm/model_executor/models/
     registry.py, read December 2026: every family here but InstructBLIP).
     `tiny`: "module:function" of a factory `function(out_dir, corpus, *, seed) -> Path` writing a tiny random model
-    directory of the family (None until one exists)."""
+    directory of the family (None until one exists).
+    `qformer_instruction`: the processor also tokenizes the prompt for a Q-Former (`qformer_input_ids`), a BERT
+    that numbers positions from the first token, so the engine pads that text on the right whatever the language
+    model's side. `needs_image`: the model cannot answer without an image (InstructBLIP's Q-Former has nothing to
+    read), so a text-only request is refused with a clear error."""
 
     name: str
     title: str
@@ -46,6 +50,8 @@ class Family:
     vllm: bool = True
     examples: tuple[str, ...] = ()
     tiny: str | None = None
+    qformer_instruction: bool = False
+    needs_image: bool = False
 
     def __post_init__(self) -> None:
         if not self.tailor_layers:
@@ -102,7 +108,7 @@ _add(Family(
     projector=("qformer", "language_projection"), vision="vision_model", language="language_model.model",
     tailor_layers=("qformer.encoder.layer", "language_model.model.layers"), tailor_projector=("language_projection",),
     vllm=False, examples=("Salesforce/instructblip-vicuna-7b", "Salesforce/instructblip-vicuna-13b"),
-    tiny="serving.tiny.instructblip:build_tiny_instructblip",
+    tiny="serving.tiny.instructblip:build_tiny_instructblip", qformer_instruction=True, needs_image=True,
 ))
 _add(Family(
     name="qwen2_vl", title="Qwen2-VL", model_types=("qwen2_vl",),
@@ -147,12 +153,18 @@ _add(Family(
 _BY_TYPE = {t: FAMILIES.get(n) for n in FAMILIES for t in FAMILIES.get(n).model_types}
 
 
-def family_of(model_or_config: Any) -> Family:
-    """The family of a model (HF or peft-wrapped) or of its config, by `model_type`."""
+def known_family(model_or_config: Any) -> Family | None:
+    """The family of a model (HF or peft-wrapped) or of its config, by `model_type`; None outside the table (what
+    only generates, as an evaluation does, needs no module paths)."""
     config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "model_type", None)
-    if model_type in _BY_TYPE:
-        return _BY_TYPE[model_type]
+    return _BY_TYPE.get(getattr(config, "model_type", None))
+
+
+def family_of(model_or_config: Any) -> Family:
+    """The family of a model (HF or peft-wrapped) or of its config; outside the table, an error listing the table."""
+    if family := known_family(model_or_config):
+        return family
+    model_type = getattr(getattr(model_or_config, "config", model_or_config), "model_type", None)
     supported = "; ".join(f"{n} ({', '.join(FAMILIES.get(n).model_types)})" for n in FAMILIES)
     raise EMTError(f"model type '{model_type}' is not a supported model family: supported families (model types) "
                    f"are {supported}. Add an entry to serving/families.py for a new architecture (its projector, "

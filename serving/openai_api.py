@@ -24,17 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.config import SamplingParams, ServeConfig
 from serving.engine import Generation, GenerationRequest
-from serving.errors import EMTError
+from serving.errors import RequestError
 
 DATA_URI = re.compile(r"data:image/[\w.+-]+;base64,(?P<data>.*)", re.DOTALL)
 DEFAULT_MAX_TOKENS = SamplingParams().max_tokens  # OpenAI's "as many as fit" is a bad default for a classifier
-
-
-class RequestError(EMTError):
-    """A client's mistake: answered with `status` and OpenAI's error shape, never with a traceback."""
-
-    status = 400
-    kind = "invalid_request_error"
 
 
 class AuthError(RequestError):

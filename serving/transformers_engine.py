@@ -4,9 +4,7 @@ Runs everywhere (CPU, one or several GPUs per replica); vLLM replaces it on GPU 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import itertools
 import os
 import queue
@@ -17,12 +15,12 @@ from typing import Callable, Iterator, Sequence
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from serving.adapters import (adapter_kind, load_patch, load_projector_state, patched_parameter, projector_module,
-                              undo_patch, write_patch)
+from serving.adapter_slots import AdapterSlots
 from serving.config import ModelConfig, SamplingParams
 from serving.engine import Engine, Generation, GenerationRequest
 from serving.locate import model_source
-from serving.errors import EMTError, UnknownNameError
+from serving.errors import EMTError, RequestError
+from serving.families import known_family
 from serving.faults import fault_point
 
 FALLBACK_TEMPLATE = "USER: {image}{prompt} ASSISTANT:"
@@ -88,11 +86,8 @@ def chat_prompt(processor, prompt: str | None, image: bool) -> str:
 
 
 class TransformersEngine(Engine):
-    """Hosts one model; `generate` runs requests in micro-batches of `max_batch_size`, one adapter at a time.
-
-    LoRA adapters live inside one peft wrapper around the base (switched with `set_adapter`, bypassed with
-    `disable_adapter` for base requests); projector checkpoints are state dicts copied into the base projector for
-    their group and copied back out after it.
+    """Hosts one model; `generate` runs requests in micro-batches of `max_batch_size`, one adapter at a time (its
+    adapters: serving/adapter_slots.py).
     """
 
     def __init__(
@@ -126,115 +121,21 @@ class TransformersEngine(Engine):
         # another pads a batch, and Rust refuses the overlap ("Already borrowed"). Every processor call holds this.
         self._processor_lock = threading.Lock()
         self.device = next(self.model.parameters()).device
-        self._peft = None  # peft.PeftModel around self.model once a LoRA adapter is loaded
-        self._lora_ids: dict[str, str] = {}  # adapter name -> peft adapter id (peft forbids "." and "/" in ids)
-        self._projectors: dict[str, dict[str, torch.Tensor]] = {}
-        self._base_projector: dict[str, torch.Tensor] = {}
-        self._patches: dict[str, dict] = {}  # weight patches (serving.adapters): name -> parameter -> new values
+        self._slots = AdapterSlots(model, name)
+        self.family = known_family(model)
 
     @property
     def adapters(self) -> list[str]:
-        return sorted([*self._lora_ids, *self._projectors, *self._patches])
+        return self._slots.names
 
     def load_adapter(self, name: str, path: str) -> None:
-        if name in self.adapters:
-            raise EMTError(f"adapter '{name}' is already loaded")
-        kind = adapter_kind(path)
-        if kind == "projector":
-            self._projectors[name] = self._checked_projector_state(name, path)
-            return
-        if kind == "patch":
-            self._patches[name] = self._checked_patch(name, path)
-            return
-        from peft import PeftModel
-
-        peft_id = "lora_" + hashlib.sha1(name.encode()).hexdigest()[:16]
-        try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=peft_id)
-            else:
-                self._peft.load_adapter(path, adapter_name=peft_id)
-        except (ValueError, KeyError, RuntimeError, OSError) as err:
-            raise EMTError(f"cannot load LoRA adapter '{name}' from {path} onto {self.model_name}: {err}") from err
-        self._lora_ids[name] = peft_id
-
-    def _checked_projector_state(self, name: str, path: str) -> dict[str, torch.Tensor]:
-        base = projector_module(self.model).state_dict()
-        state = load_projector_state(path)
-        if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in base.items()}:
-            raise EMTError(f"projector checkpoint '{name}' ({path}) does not fit the projector of {self.model_name}")
-        if not self._base_projector:
-            self._base_projector = {k: v.detach().clone() for k, v in base.items()}
-        return {k: v.to(device=base[k].device, dtype=base[k].dtype) for k, v in state.items()}
-
-    def _checked_patch(self, name: str, path: str) -> dict:
-        """The patch's values on this model's device and dtype; a name or shape the model lacks fails here."""
-        patch = {}
-        for pname, value in load_patch(path).items():
-            try:
-                param = patched_parameter(self.model, pname)
-            except EMTError as err:
-                raise EMTError(f"weight patch '{name}' ({path}) does not fit {self.model_name}: {err}") from err
-            if isinstance(value, tuple):
-                index, values = value
-                if index.numel() and int(index.max()) >= param.numel():
-                    raise EMTError(f"weight patch '{name}' ({path}) does not fit {self.model_name}: {pname} is smaller")
-                patch[pname] = (index.to(param.device), values.to(device=param.device, dtype=param.dtype))
-            elif tuple(value.shape) != tuple(param.shape):
-                raise EMTError(f"weight patch '{name}' ({path}) does not fit {self.model_name}: {pname} is "
-                               f"{tuple(value.shape)} there and {tuple(param.shape)} here")
-            else:
-                patch[pname] = value.to(device=param.device, dtype=param.dtype)
-        return patch
-
-    @contextlib.contextmanager
-    def _patched(self, patch: dict) -> Iterator[None]:
-        """The patch's values written into the base parameters, and exactly the old values back afterwards."""
-        saved = write_patch(self.model, patch)
-        try:
-            yield
-        finally:
-            undo_patch(saved)
+        self._slots.load(name, path)
 
     def unload_adapter(self, name: str) -> None:
-        if name in self._projectors:
-            del self._projectors[name]
-        elif name in self._patches:
-            del self._patches[name]
-        elif name in self._lora_ids:
-            self._peft.delete_adapter(self._lora_ids.pop(name))
-            if not self._peft.peft_config:  # the last LoRA gone: take the wrapper out, the base is as loaded
-                self._peft.unload()
-                self._peft = None
-        else:
-            raise UnknownNameError(f"adapter '{name}' is not loaded; loaded: {self.adapters}")
-
-    @contextlib.contextmanager
-    def _adapter_active(self, name: str | None) -> Iterator[None]:
-        """Run the body with exactly adapter `name` in effect (None = the base weights)."""
-        if name is not None and name not in self.adapters:
-            raise UnknownNameError(f"adapter '{name}' is not loaded; loaded: {self.adapters}")
-        if name in self._lora_ids:
-            self._peft.set_adapter(self._lora_ids[name])
-            yield
-            return
-        lora_off = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
-        with lora_off:
-            if name is None:
-                yield
-                return
-            if name in self._patches:
-                with self._patched(self._patches[name]):
-                    yield
-                return
-            proj = projector_module(self.model)
-            proj.load_state_dict(self._projectors[name])
-            try:
-                yield
-            finally:
-                proj.load_state_dict(self._base_projector)
+        self._slots.unload(name)
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
+        self._check_image([request])
         images = [[request.image.convert("RGB")]] if request.image is not None else None
         with self._processor_lock:
             inputs = self.processor(images=images, text=[self.render(request)], return_tensors="pt")
@@ -270,7 +171,7 @@ class TransformersEngine(Engine):
         order = sorted(range(len(requests)), key=lambda i: (hash(requests[i].params), *key(i)[1:]))
         for (params, adapter, _), group in itertools.groupby(order, key=key):
             idx = list(group)
-            with self._adapter_active(adapter or None):
+            with self._slots.active(adapter or None):
                 for start in range(0, len(idx), self.max_batch_size):
                     yield idx[start : start + self.max_batch_size], params
 
@@ -327,16 +228,17 @@ class TransformersEngine(Engine):
     def _inputs(self, batch: Sequence[GenerationRequest], params: SamplingParams) -> tuple:
         """The batch's model inputs (left-padded) and `generate`'s arguments for `params`."""
         # A list of images per prompt, as every family's processor takes them (Gemma 3's refuses one flat list)
+        self._check_image(batch)
         images = [[r.image.convert("RGB")] if r.image is not None else [] for r in batch]
         images = images if any(images) else None
         with self._processor_lock:
             texts = [self.render(r) for r in batch]
             inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
-            if qformer := getattr(self.processor, "qformer_tokenizer", None):
+            if self.family and self.family.qformer_instruction:
                 # InstructBLIP's processor pads the Q-Former's text on the language model's side (left), but the
                 # Q-Former (BERT) numbers positions from the first token: padded on the left, a row's image features
                 # would change with the batch it is in.
-                q = qformer(texts, padding=True, padding_side="right", return_tensors="pt")
+                q = self.processor.qformer_tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
                 inputs["qformer_input_ids"], inputs["qformer_attention_mask"] = q["input_ids"], q["attention_mask"]
             inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
@@ -353,6 +255,11 @@ class TransformersEngine(Engine):
         config = copy.deepcopy(self.model.generation_config)
         config.update(**settings)
         return inputs, {"generation_config": config}
+
+    def _check_image(self, batch: Sequence[GenerationRequest]) -> None:
+        if self.family and self.family.needs_image and any(r.image is None for r in batch):
+            raise RequestError(f"{self.model_name} ({self.family.title}) answers about an image only: send the "
+                               "prompt with an image")
 
     def _generation(self, new_ids: list[int], prompt_tokens: int) -> Generation:
         """One row's answer, the same streamed or not: cut at eos, pad ids dropped, decoded, stripped."""

@@ -133,7 +133,7 @@ def test_adapters_answer_like_merged_models_and_leave_the_base_alone(tiny_model,
 
     engine.unload_adapter("lora")
     engine.unload_adapter("proj")
-    assert engine.adapters == [] and engine._peft is None
+    assert engine.adapters == [] and engine._slots.peft is None
     assert texts(engine.generate(requests)) == base
     with pytest.raises(UnknownNameError, match="not loaded"):
         engine.generate([dataclasses.replace(requests[0], adapter="lora")])

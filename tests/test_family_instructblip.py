@@ -8,7 +8,10 @@ from image_size_checks import check_engine, check_training_step, mixed_size_imag
 
 from evaluators.datasets import get_spec
 from evaluators.prompts import eval_prompt, train_answer, train_prompt
-from serving.transformers_engine import load_model_and_processor
+from serving.config import SamplingParams
+from serving.engine import GenerationRequest
+from serving.errors import RequestError
+from serving.transformers_engine import TransformersEngine, load_model_and_processor
 from tuners.data import collate_examples
 
 
@@ -37,6 +40,19 @@ def test_training_step_labels_the_answer_and_the_qformer_reads_the_question_only
                              [train_answer(spec.kind, name) for name in spec.classes[:2]], processor)
     asked = processor.qformer_tokenizer([question] * 2, return_tensors="pt")["input_ids"]
     assert batch["qformer_input_ids"].tolist() == asked.tolist()
+
+
+def test_a_request_without_an_image_is_refused_with_a_clear_error(tiny_instructblip):
+    """The family table says InstructBLIP needs an image: a text-only request is a RequestError (a server's 400,
+    refused before batching), not a crash inside `generate`; a request with an image still answers."""
+    engine = TransformersEngine(tiny_instructblip, device="cpu", max_batch_size=4)
+    text_only = GenerationRequest("What is shown?", None, SamplingParams(max_tokens=4))
+    with pytest.raises(RequestError, match=r"answers about an image only: send the prompt with an image"):
+        engine.prompt_tokens(text_only)
+    with pytest.raises(RequestError, match="image only"):
+        engine.generate([text_only])
+    with_image = GenerationRequest("What is shown?", mixed_size_images(1)[0], SamplingParams(max_tokens=4))
+    assert engine.generate([with_image])[0].text
 
 
 @pytest.mark.slow
