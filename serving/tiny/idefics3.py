@@ -22,7 +22,7 @@ from transformers import (
 # SmolVLM's chat template, as transformers ships it for the SmolVLM family (SmolVLM-Instruct's tokenizer_config)
 from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE as SMOLVLM_CHAT_TEMPLATE
 
-from serving.tiny.llava import generation_tokens, save_model_dir, start_tiny, tiny_llama_config, words_only
+from serving.tiny.llava import generation_tokens, tiny_llama_config, words_only, write_tiny
 
 # SmolVLM-Instruct's special tokens by role, and the image tokens Idefics3Processor spells (tile positions up to 6x6)
 SMOLVLM_TOKENS = {"unk_token": "<|endoftext|>", "bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>",
@@ -63,7 +63,5 @@ def tiny_idefics3(
 
 def build_tiny_idefics3(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random SmolVLM (Idefics3) model directory and return its path; `sizes` are tiny_idefics3's."""
-    out, tokenizer = start_tiny(out_dir, [*corpus, *TEMPLATE_WORDS], 2048, seed, tokens=SMOLVLM_TOKENS,
-                                more_special=IMAGE_TOKENS)
-    return save_model_dir(out, *tiny_idefics3(tokenizer, **sizes), note="random weights: answers are junk by design",
-                          seed=seed)
+    return write_tiny(tiny_idefics3, out_dir, [*corpus, *TEMPLATE_WORDS], "random weights: answers are junk by design",
+                      seed=seed, tokenizer_args=dict(tokens=SMOLVLM_TOKENS, more_special=IMAGE_TOKENS), **sizes)

@@ -19,8 +19,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from serving.tiny.llava import (BASE_CORPUS, LLAVA_TOKENS, generation_tokens, save_model_dir, start_tiny,
-                                tiny_llama_config, train_tokenizer, words_only)
+from serving.tiny.llava import (BASE_CORPUS, LLAVA_TOKENS, generation_tokens, tiny_llama_config, train_tokenizer,
+                                words_only, write_tiny)
 
 # Salesforce/instructblip-vicuna-7b ships no chat template: its model card and transformers' InstructBLIP docs
 # hand the processor the bare instruction ("What is unusual about this image?"), and the processor itself puts
@@ -76,6 +76,5 @@ def tiny_instructblip(
 
 def build_tiny_instructblip(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random InstructBLIP model directory and return its path; `sizes` are tiny_instructblip's."""
-    out, tokenizer = start_tiny(out_dir, corpus, 2048, seed, tokens=VICUNA_TOKENS, more_special=["<image>"])
-    return save_model_dir(out, *tiny_instructblip(tokenizer, **sizes),
-                          note="random weights: answers are junk by design", seed=seed)
+    return write_tiny(tiny_instructblip, out_dir, corpus, "random weights: answers are junk by design", seed=seed,
+                      tokenizer_args=dict(tokens=VICUNA_TOKENS, more_special=["<image>"]), **sizes)

@@ -22,7 +22,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from serving.tiny.llava import generation_tokens, save_model_dir, start_tiny, words_only
+from serving.tiny.llava import generation_tokens, words_only, write_tiny
 
 # The template transformers' convert_llava_onevision_weights_to_hf.py writes into the llava-hf OneVision checkpoints
 # (llava-hf/llava-onevision-qwen2-0.5b-ov-hf and its siblings): Qwen's turns, images before the text.
@@ -100,7 +100,6 @@ def random_onevision(tokenizer: PreTrainedTokenizerFast, **sizes):
 
 def build_tiny_onevision(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random LLaVA-OneVision model directory and return its path; `sizes` are tiny_onevision's."""
-    out, tokenizer = start_tiny(out_dir, [*ONEVISION_CORPUS, *corpus], 2048, seed, tokens=ONEVISION_TOKENS,
-                                more_special=["<|im_start|>"])
-    model, processor = random_onevision(tokenizer, **sizes)
-    return save_model_dir(out, model, processor, "random weights: answers are junk by design", seed)
+    return write_tiny(random_onevision, out_dir, [*ONEVISION_CORPUS, *corpus],
+                      "random weights: answers are junk by design", seed=seed,
+                      tokenizer_args=dict(tokens=ONEVISION_TOKENS, more_special=["<|im_start|>"]), **sizes)

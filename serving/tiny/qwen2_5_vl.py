@@ -19,7 +19,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from serving.tiny.llava import generation_tokens, save_model_dir, start_tiny, words_only
+from serving.tiny.llava import generation_tokens, words_only, write_tiny
 
 # Qwen/Qwen2.5-VL-7B-Instruct's chat_template.json (the same text as Qwen2-VL-7B-Instruct's), as the hub model ships
 # it: a default system turn, images as <|vision_start|><|image_pad|><|vision_end|>, the answer after
@@ -105,7 +105,5 @@ def random_qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, **sizes):
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random Qwen2.5-VL model directory and return its path; `sizes` are tiny_qwen2_5_vl's."""
-    out, tokenizer = start_tiny(out_dir, [*QWEN_CORPUS, *corpus], 2048, seed, tokens=QWEN_TOKENS,
-                                more_special=["<|im_start|>"])
-    model, processor = random_qwen2_5_vl(tokenizer, **sizes)
-    return save_model_dir(out, model, processor, "random weights: answers are junk by design", seed)
+    return write_tiny(random_qwen2_5_vl, out_dir, [*QWEN_CORPUS, *corpus], "random weights: answers are junk by design",
+                      seed=seed, tokenizer_args=dict(tokens=QWEN_TOKENS, more_special=["<|im_start|>"]), **sizes)
