@@ -3,30 +3,24 @@
 One Serve app for the module (on the session's Ray, a free port): answers equal the engine's, concurrent requests
 are batched, adapters load by name (with an LRU of one, so eviction is exercised), streamed answers (`stream: true`)
 equal whole ones and are batched too, and every bad request, streamed or not, gets its 4xx in OpenAI's error shape.
-The last test runs `emt serve` as a subprocess and stops it with SIGTERM.
+The `emt serve` command itself (a subprocess stopped with SIGTERM): tests/test_serve_command.py.
 """
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
-import psutil
 import pytest
 import torch
 from PIL import Image
+from serve_helpers import KEY, PROMPT, data_uri, free_port, user
 from test_adapters import color_images, make_lora, make_projector
 
 from serving.config import SamplingParams, ServeConfig
@@ -38,26 +32,6 @@ from serving.transformers_engine import TransformersEngine
 pytestmark = pytest.mark.xdist_group("serve")
 
 
-KEY = "test-key"
-PROMPT = "What is the object in the image?"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def data_uri(img: Image.Image, fmt: str = "PNG") -> str:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def user(url: str | None, text: str = PROMPT) -> list[dict]:
-    parts = [{"type": "image_url", "image_url": {"url": url}}] if url is not None else []
-    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
 
 @pytest.fixture(scope="module")
@@ -368,69 +342,6 @@ def test_streamed_events_over_plain_http_without_usage(server):
     chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
     assert all("usage" not in c and len(c["choices"]) == 1 for c in chunks)
     assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-
-
-def test_serve_config_refuses_contradictory_replica_settings(tiny_model):
-    from pydantic import ValidationError
-
-    assert ServeConfig(model=tiny_model, min_replicas=1, max_replicas=3).max_replicas == 3
-    for bad in ({"min_replicas": 1}, {"min_replicas": 3, "max_replicas": 2},
-                {"replicas": 2, "min_replicas": 1, "max_replicas": 2}):
-        with pytest.raises(ValidationError):
-            ServeConfig(model=tiny_model, **bad)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids whose environment carries `marker`: the CLI and every Ray process it started inherit it."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
-def test_emt_serve_command_answers_then_stops_cleanly_on_sigterm(tiny_model, tmp_path):
-    port, marker = free_port(), f"EMT_SERVE_TEST_{uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env[marker] = "1"
-    color_images(1)[0].save(tmp_path / "a.png")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "serve", "--model", tiny_model, "--port", str(port), "--api-key", KEY,
-         "--allow-images-from", str(tmp_path), "--num-cpus", "4"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        lines = []  # until the command says it serves: a readiness line, not a clock (pytest's timeout bounds it)
-        while not any(line.startswith("serving ") for line in lines):
-            line = proc.stdout.readline()
-            assert line, "emt serve ended before serving:\n" + "".join(lines)
-            lines.append(line)
-        assert any(f"http://127.0.0.1:{port}/v1" in line for line in lines), "".join(lines[-30:])
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
-        reply = client.chat.completions.create(model=tiny_model, messages=user(str(tmp_path / "a.png")),
-                                               max_tokens=4, temperature=0)
-        assert reply.usage.completion_tokens > 0
-        stream = client.chat.completions.create(model=tiny_model, messages=user(str(tmp_path / "a.png")),
-                                                max_tokens=4, temperature=0, stream=True)
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=90) == 0, proc.stdout.read()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    left = [p for p in map(_process, processes_with(marker)) if p]  # Ray's processes finish exiting after the CLI
-    psutil.wait_procs(left, timeout=60)
-    assert processes_with(marker) == [], "emt serve left processes behind"
-
-
-def _process(pid: int):
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
 
 
 @pytest.mark.parametrize("adapter", [None, "lora"])
