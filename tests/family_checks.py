@@ -9,7 +9,10 @@ Each family test (tests/test_family_<name>.py) calls it with the directory of it
 3. those checkpoints, served by name with `--adapter NAME=PATH` by the Serve app `emt serve` runs, answer over its
    OpenAI API as the engine does with the same adapter, and each changes some answer of the base;
 4. `emt tailor` on each checkpoint writes a patch the engine loads: with every entry kept, it answers exactly as the
-   fine-tune merged into the base; with the default 10%, it is a real (non-empty) patch that answers.
+   fine-tune merged into the base; with the default 10%, it is a real (non-empty) patch that answers;
+5. `--backend vllm`: for a family vLLM serves, the LLMConfig of the model (LoRAs from a cloud prefix) passes Ray's
+   own config checks, and the tune checkpoints vLLM cannot load are refused, each with its reason; a family vLLM
+   does not serve is refused before anything starts.
 Returns the seconds each stage took (printed too: run pytest with -s to see them).
 """
 from __future__ import annotations
@@ -49,6 +52,8 @@ def check_family(model_dir: str, tmp_path: Path) -> dict[str, float]:
     seconds["serve"] = _lap(started, seconds)
     check_tailor(model_dir, requests, checkpoints, tmp_path / "tailor")
     seconds["tailor"] = _lap(started, seconds)
+    check_vllm_config(model_dir, checkpoints)
+    seconds["vllm config"] = _lap(started, seconds)
     print(f"family checks of {model_dir}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return seconds
 
@@ -160,3 +165,28 @@ def check_tailor(model_dir: str, requests: list[GenerationRequest], checkpoints:
         assert load_patch(out / f"{method}-keep10"), f"the default tailor of {method} kept nothing"
         patched.load_adapter(f"{method}-keep10", str(out / f"{method}-keep10"))
         assert all(texts(patched, requests, f"{method}-keep10")), method
+
+
+def check_vllm_config(model_dir: str, checkpoints: dict[str, str]) -> None:
+    """What `emt serve --backend vllm` makes of the family, checked without vllm (tests/test_vllm_app.py)."""
+    import pytest
+
+    from serving.config import ServeConfig
+    from serving.errors import EMTError
+    from serving.families import family_of
+    from serving.vllm_app import vllm_llm_config
+    from test_vllm_app import ray_accepts
+    from transformers import AutoConfig
+
+    family = family_of(AutoConfig.from_pretrained(model_dir))
+    if not family.vllm:
+        with pytest.raises(EMTError, match=f"model family '{family.name}'.* --backend transformers"):
+            vllm_llm_config(ServeConfig(model=model_dir))
+        return
+    llm_config = vllm_llm_config(ServeConfig(model=model_dir, max_adapters_per_replica=2), "s3://bucket/loras")
+    assert ray_accepts(llm_config).model_id == model_dir
+    assert llm_config["lora_config"]["dynamic_lora_loading_path"] == "s3://bucket/loras"
+    reasons = {"linear": "projector-only checkpoint", "lora": "modules_to_save"}  # emt tune saves the projector too
+    for method, path in checkpoints.items():
+        with pytest.raises(EMTError, match=reasons[method]):
+            vllm_llm_config(ServeConfig(model=model_dir, adapters={method: path}))
