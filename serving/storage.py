@@ -3,11 +3,15 @@ layer Ray Tune and Ray Train use for the same URIs, so one `--out` holds Tune's 
 evaluations, the matrix and the report alike.
 
 An S3 URI honours the standard AWS environment (`AWS_ENDPOINT_URL` for any S3-compatible store, credentials,
-`AWS_DEFAULT_REGION`), as pyarrow's `FileSystem.from_uri` does. A write is whole or absent: on a local disk a temporary
+`AWS_DEFAULT_REGION`), as pyarrow's `FileSystem.from_uri` does. A GCS URI takes Google's application default
+credentials, or, with `STORAGE_EMULATOR_HOST` set (as Google's own client libraries read it), that GCS-compatible
+endpoint without credentials. Ray Tune and Train are handed the same filesystem object (`Location.for_ray`), so
+they write where the rest of the run does. A write is whole or absent: on a local disk a temporary
 file is renamed over the target; an object store's PUT is atomic already, so a killed run never leaves a torn file.
 """
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import hashlib
 import io
@@ -57,14 +61,29 @@ def normalise(where: str | Path) -> str:
 OutPath = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, Path) else v), AfterValidator(normalise)]
 
 
+GCS_EMULATOR = "STORAGE_EMULATOR_HOST"
+STORE_HINT = ("Check the URI and, for S3, the AWS environment (AWS_ENDPOINT_URL for an S3-compatible store, "
+              "credentials, region); for GCS, the application default credentials (or STORAGE_EMULATOR_HOST for a "
+              "GCS-compatible endpoint)")
+
+
+def _gcs_emulator(host: str) -> pafs.GcsFileSystem:
+    """A GCS-compatible endpoint such as fake-gcs-server or the gcloud emulator: anonymous, and failing within
+    seconds when it is down rather than after GCS's 15-minute retry budget."""
+    scheme, _, endpoint = host.rpartition("://")
+    return pafs.GcsFileSystem(anonymous=True, scheme=scheme or "http", endpoint_override=endpoint.rstrip("/"),
+                              retry_time_limit=datetime.timedelta(seconds=10))
+
+
 @lru_cache(maxsize=None)
 def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
     """One client per bucket and process (making one costs a credential lookup)."""
     try:
+        if scheme in ("gs", "gcs") and os.environ.get(GCS_EMULATOR):
+            return _gcs_emulator(os.environ[GCS_EMULATOR])
         fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
     except (OSError, ValueError, pa.ArrowException) as err:
-        raise EMTError(f"cannot open the store {scheme}://{bucket}: {err}. Check the URI and, for S3, the AWS "
-                       "environment (AWS_ENDPOINT_URL for an S3-compatible store, credentials, region)") from None
+        raise EMTError(f"cannot open the store {scheme}://{bucket}: {err}. {STORE_HINT}") from None
     return fs
 
 
@@ -94,6 +113,11 @@ class Location:
     @property
     def local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def for_ray(self) -> dict:
+        """`storage_path` and `storage_filesystem` for Ray Tune's and Train's RunConfig (and Tuner.restore): Ray
+        then writes through this very client, whatever its endpoint and credentials."""
+        return {"storage_path": self.path} if self.local else {"storage_path": self.path, "storage_filesystem": self.fs}
 
     def __truediv__(self, name: str) -> Location:
         return self._child(f"{self.path.rstrip('/')}/{name}")
@@ -127,8 +151,7 @@ class Location:
     def check(self) -> None:
         """Fail now, naming the fix, when the store cannot be read (no such bucket, no credentials, no endpoint),
         rather than after the first hour of work."""
-        hint = ("Check the URI and, for S3, the AWS environment (AWS_ENDPOINT_URL for an S3-compatible store, "
-                "credentials, region)")
+        hint = STORE_HINT
         try:
             self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
             bucket = None if self.local else self.path.split("/", 1)[0]

@@ -30,29 +30,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The storage tests' S3 is moto's server on loopback (the `s3_bucket` fixture). Its AWS environment is set before any
-# Ray starts, so every process of the session (Train's checkpoint writers, Serve replicas, jobs) reaches the same
-# store, as a real cluster's nodes share one; and a developer's real AWS credentials are never used by the suite.
-S3_PORT = free_port()
+# The storage tests' S3 is moto's server on loopback (the `s3_bucket` fixture), their GCS the gcp-storage-emulator
+# (`gs_bucket`). Their environment is set before any Ray starts, so every process of the session (Train's checkpoint
+# writers, Serve replicas, jobs) reaches the same store, as a real cluster's nodes share one; and a developer's real
+# AWS or Google credentials are never used by the suite.
+S3_PORT, GCS_PORT = free_port(), free_port()
 os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="emt-test",
-                  AWS_SECRET_ACCESS_KEY="emt-test", AWS_DEFAULT_REGION="us-east-1")
+                  AWS_SECRET_ACCESS_KEY="emt-test", AWS_DEFAULT_REGION="us-east-1",
+                  STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{GCS_PORT}")
 for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_key, None)
+
+
+def loopback_server(command: list[str], port: int, log) -> subprocess.Popen:
+    """A store's server as its own process, once it accepts connections (a readiness signal; pytest's timeout
+    bounds a server that hangs)."""
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    while True:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3 server mode on loopback, started once per session when a test needs it."""
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    while True:  # until it accepts connections (a readiness signal; pytest's timeout bounds a server that hangs)
-        assert proc.poll() is None, log.read_text()[-2000:]
-        try:
-            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    proc = loopback_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)], S3_PORT,
+                           tmp_path_factory.mktemp("moto") / "moto.log")
     yield f"http://127.0.0.1:{S3_PORT}"
     proc.terminate()
     proc.wait(timeout=30)
@@ -66,6 +73,32 @@ def s3_bucket(s3_server) -> str:
     name = f"emt-{uuid.uuid4().hex[:12]}"
     pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """gcp-storage-emulator (a GCS JSON API in memory) on loopback, started once per session when a test needs it."""
+    proc = loopback_server([sys.executable, "-m", "gcp_storage_emulator", "start", "-H", "127.0.0.1", "--port",
+                            str(GCS_PORT), "--in-memory"], GCS_PORT, tmp_path_factory.mktemp("gcs") / "gcs.log")
+    yield f"127.0.0.1:{GCS_PORT}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def gs_bucket(gcs_server) -> str:
+    """A new, empty bucket of the loopback GCS: its gs:// URI (made with a project id, as creating a bucket needs)."""
+    import pyarrow.fs as pafs
+
+    name = f"emt-{uuid.uuid4().hex[:12]}"
+    pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=gcs_server, project_id="emt-test").create_dir(name)
+    return f"gs://{name}"
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request) -> str:
+    """A new bucket of each loopback store in turn: the S3 one, then the GCS one."""
+    return request.getfixturevalue(f"{request.param}_bucket")
 
 
 @pytest.fixture(scope="session")

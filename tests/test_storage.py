@@ -1,4 +1,5 @@
-"""Outputs in an object store: `emt eval --out s3://...` against moto's S3 server on loopback, resumed from the store."""
+"""Outputs in an object store: `emt eval --out s3://...` against moto's S3 server on loopback, resumed from the store;
+the same store layer on a loopback GCS (gs://), and Ray Tune and Train writing to it through that layer's client."""
 from __future__ import annotations
 
 import json
@@ -18,16 +19,16 @@ from serving.storage import Location
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_location_reads_writes_lists_and_downloads_in_s3(s3_bucket, tmp_path):
-    root = Location(f"{s3_bucket}/run/")
-    assert str(root) == f"{s3_bucket}/run" and root.is_empty() and not root.exists()
+def test_location_reads_writes_lists_and_downloads_in_a_store(bucket, tmp_path):
+    root = Location(f"{bucket}/run/")
+    assert str(root) == f"{bucket}/run" and root.is_empty() and not root.exists()
     (root / "a" / "one.json").write_text('{"n": 1}')
     (root / "a" / "two.json").write_text('{"n": 2}')
     (root / "b" / "deep" / "three.json").write_text("{}")
     (root / "t.parquet").write_parquet(pa.table({"x": [1, 2]}))
     assert json.loads((root / "a" / "two.json").read_text()) == {"n": 2}
     assert [p.name for p in root.glob("*/*.json")] == ["one.json", "two.json"]
-    assert [str(p) for p in root.glob("b/*/three.json")] == [f"{s3_bucket}/run/b/deep/three.json"]
+    assert [str(p) for p in root.glob("b/*/three.json")] == [f"{bucket}/run/b/deep/three.json"]
     assert root.is_dir() and (root / "a" / "one.json").is_file() and not root.is_empty()
     assert (root / "t.parquet").read_parquet().column("x").to_pylist() == [1, 2]
     local = (root / "a").download(tmp_path / "cache")
@@ -53,8 +54,8 @@ def test_unsupported_scheme_and_missing_bucket_are_clear_errors(s3_server):
         Location("s3://")
 
 
-def test_eval_to_s3_then_rerun_generates_nothing(ray_session, tiny_model, s3_bucket, capsys):
-    out = f"{s3_bucket}/evals/digits"
+def test_eval_to_a_store_then_rerun_generates_nothing(ray_session, tiny_model, bucket, capsys):
+    out = f"{bucket}/evals/digits"
     args = ["eval", "--model", tiny_model, "--dataset", "digits", "--limit", "20", "--max-tokens", "4",
             "--batch-size", "8", "--out", out, "--no-progress"]
     assert main(args) == 0
@@ -101,3 +102,39 @@ def test_a_missing_bucket_fails_before_any_work(ray_session, tiny_model, s3_serv
     assert code == 2 and "the bucket no-such-bucket does not exist" in err, err
     assert not pafs.S3FileSystem(endpoint_override=s3_server).get_file_info("no-such-bucket").type
 
+
+
+def test_tune_and_train_write_to_gcs_through_the_same_client(ray_session, gs_bucket):
+    """Tune's state and Train's checkpoints in a gs:// store through `Location.for_ray`, as `emt tune` passes them
+    (tuners/experiment.py, tuners/trials.py): the emulator's endpoint reaches Ray's writers in every process, and Tune
+    can restore the experiment from the store."""
+    import tempfile
+
+    import ray.train
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    def report_checkpoints(config: dict) -> None:  # nested: Ray pickles it by value (workers lack this module)
+        """Two epochs, each reported with a checkpoint."""
+        for epoch in (1, 2):
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch}))
+                ray.train.report({"epoch": epoch}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def trial(config: dict) -> None:
+        TorchTrainer(report_checkpoints, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.25}),
+                     run_config=RunConfig(name=tune.get_context().get_trial_name(),
+                                          **Location(config["storage"]).for_ray(), callbacks=[TuneReportCallback()])).fit()
+
+    out = Location(f"{gs_bucket}/study")
+    tuner = tune.Tuner(tune.with_resources(trial, {"CPU": 0.25}), param_space={"storage": str(out / "train")},
+                       run_config=tune.RunConfig(name="trials", **(out / "tune").for_ray(), verbose=0))
+    results = tuner.fit()
+    assert not results.errors and results[0].metrics["epoch"] == 2
+    states = [json.loads(p.read_text()) for p in out.glob("train/*/checkpoint_*/state.json")]
+    assert sorted(s["epoch"] for s in states) == [1, 2], "both epochs' checkpoints are in the store"
+    assert out.glob("tune/trials/experiment_state-*.json"), "Tune's experiment state is in the store"
+    experiment = (out / "tune" / "trials").for_ray()
+    assert tune.Tuner.can_restore(experiment["storage_path"], experiment["storage_filesystem"])

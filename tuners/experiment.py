@@ -78,9 +78,10 @@ def claim_directory(cfg: TuneConfig, out: Location, resume: bool) -> None:
 
 def build_tuner(cfg: TuneConfig, out: Location, resume: bool) -> tune.Tuner:
     trainable = tune.with_resources(run_trial, {"CPU": 0.25})  # the trial driver; Train workers ask for their own
-    path = out / "tune" / EXPERIMENT
-    if resume and tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable, resume_errored=True, resume_unfinished=True)
+    path = (out / "tune" / EXPERIMENT).for_ray()
+    if resume and tune.Tuner.can_restore(path["storage_path"], path.get("storage_filesystem")):
+        return tune.Tuner.restore(path["storage_path"], trainable, resume_errored=True, resume_unfinished=True,
+                                  storage_filesystem=path.get("storage_filesystem"))
     scheduler = None
     if cfg.search.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", grace_period=cfg.search.grace_period,
@@ -91,7 +92,7 @@ def build_tuner(cfg: TuneConfig, out: Location, resume: bool) -> tune.Tuner:
         tune_config=tune.TuneConfig(metric="objective", mode="max", scheduler=scheduler,
                                     num_samples=cfg.search.num_samples,
                                     max_concurrent_trials=cfg.resources.max_concurrent_trials),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"),  # a local dir or a store URI
+        run_config=tune.RunConfig(name=EXPERIMENT, **(out / "tune").for_ray(),  # a local dir or a store
                                   callbacks=logger_callbacks(cfg),
                                   stop=StopOnScannerError(out),
                                   verbose=0,  # our stage lines and the matrix say it; Tune's tables go to its logs

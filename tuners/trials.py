@@ -13,6 +13,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from serving.storage import Location
 from tuners.config import TuneConfig
 
 EXPERIMENT = "trials"
@@ -80,7 +81,7 @@ def build_trainer(config: dict, name: str, callbacks: list) -> TorchTrainer:
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
-            storage_path=config["storage"],
+            **Location(config["storage"]).for_ray(),  # a local dir or a store URI
             checkpoint_config=CheckpointConfig(num_to_keep=None),  # every epoch is a row of the matrix
             failure_config=FailureConfig(max_failures=config["max_failures"]),
             callbacks=callbacks,
