@@ -1,12 +1,14 @@
 """Shared fixtures: one real local Ray per test session and one tiny LLaVA model directory on disk."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from typing import Iterator
 
 import pytest
 
@@ -42,27 +44,31 @@ for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_key, None)
 
 
-def loopback_server(command: list[str], port: int, log) -> subprocess.Popen:
-    """A store's server as its own process, once it accepts connections (a readiness signal; pytest's timeout
-    bounds a server that hangs)."""
+@contextlib.contextmanager
+def loopback_server(command: list[str], port: int, log) -> Iterator[None]:
+    """A store's server as its own process, from when it accepts connections (a readiness signal; pytest's timeout
+    bounds a server that hangs) to the end of the block."""
     proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    while True:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
+    try:
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3 server mode on loopback, started once per session when a test needs it."""
-    proc = loopback_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)], S3_PORT,
-                           tmp_path_factory.mktemp("moto") / "moto.log")
-    yield f"http://127.0.0.1:{S3_PORT}"
-    proc.terminate()
-    proc.wait(timeout=30)
+    with loopback_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)], S3_PORT,
+                         tmp_path_factory.mktemp("moto") / "moto.log"):
+        yield f"http://127.0.0.1:{S3_PORT}"
 
 
 @pytest.fixture
@@ -78,11 +84,9 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory):
     """gcp-storage-emulator (a GCS JSON API in memory) on loopback, started once per session when a test needs it."""
-    proc = loopback_server([sys.executable, "-m", "gcp_storage_emulator", "start", "-H", "127.0.0.1", "--port",
-                            str(GCS_PORT), "--in-memory"], GCS_PORT, tmp_path_factory.mktemp("gcs") / "gcs.log")
-    yield f"127.0.0.1:{GCS_PORT}"
-    proc.terminate()
-    proc.wait(timeout=30)
+    with loopback_server([sys.executable, "-m", "gcp_storage_emulator", "start", "-H", "127.0.0.1", "--port",
+                          str(GCS_PORT), "--in-memory"], GCS_PORT, tmp_path_factory.mktemp("gcs") / "gcs.log"):
+        yield f"127.0.0.1:{GCS_PORT}"
 
 
 @pytest.fixture
