@@ -69,7 +69,7 @@ STORE_HINT = ("Check the URI and, for S3, the AWS environment (AWS_ENDPOINT_URL 
 
 def _gcs_emulator(host: str) -> pafs.GcsFileSystem:
     """A GCS-compatible endpoint such as fake-gcs-server or the gcloud emulator: anonymous, and failing within
-    seconds when it is down rather than after GCS's 15-minute retry budget."""
+    seconds when it is down rather than after the GCS client's default retry budget (minutes)."""
     scheme, _, endpoint = host.rpartition("://")
     return pafs.GcsFileSystem(anonymous=True, scheme=scheme or "http", endpoint_override=endpoint.rstrip("/"),
                               retry_time_limit=datetime.timedelta(seconds=10))
@@ -151,15 +151,14 @@ class Location:
     def check(self) -> None:
         """Fail now, naming the fix, when the store cannot be read (no such bucket, no credentials, no endpoint),
         rather than after the first hour of work."""
-        hint = STORE_HINT
         try:
             self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
             bucket = None if self.local else self.path.split("/", 1)[0]
             missing = bucket is not None and self.fs.get_file_info(bucket).type == pafs.FileType.NotFound
         except OSError as err:
-            raise EMTError(f"cannot read {self.uri}: {err}. {hint}") from None
+            raise EMTError(f"cannot read {self.uri}: {err}. {STORE_HINT}") from None
         if missing:
-            raise EMTError(f"{self.uri}: the bucket {bucket} does not exist; create it first. {hint}")
+            raise EMTError(f"{self.uri}: the bucket {bucket} does not exist; create it first. {STORE_HINT}")
 
     def _type(self) -> pafs.FileType:
         return self.fs.get_file_info(self.path).type
