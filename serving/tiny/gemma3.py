@@ -23,7 +23,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from serving.tiny.llava import generation_tokens, words_only, write_tiny
+from serving.tiny.llava import generation_tokens, write_tiny
 
 # google/gemma-3-4b-it's template, its system-prompt folding and image markers kept: BOS, turns of "user" and
 # "model", an image as <start_of_image>, text trimmed.
@@ -96,14 +96,9 @@ def tiny_gemma3(
     return model, processor
 
 
-def random_gemma3(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_gemma3 for tests: answers in words only, never empty (tiny.llava.words_only)."""
-    model, processor = tiny_gemma3(tokenizer, **sizes)
-    words_only(model, tokenizer)
-    return model, processor
-
 
 def build_tiny_gemma3(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random Gemma 3 model directory and return its path; `sizes` are tiny_gemma3's."""
-    return write_tiny(random_gemma3, out_dir, [*GEMMA3_CORPUS, *corpus], "random weights: answers are junk by design",
-                      seed=seed, tokenizer_args={"tokens": GEMMA3_TOKENS, "more_special": ["<start_of_turn>"]}, **sizes)
+    return write_tiny(tiny_gemma3, out_dir, [*GEMMA3_CORPUS, *corpus], "random weights: answers are junk by design",
+                      seed=seed, tokenizer_args={"tokens": GEMMA3_TOKENS, "more_special": ["<start_of_turn>"]},
+                      answers_in_words=True, **sizes)

@@ -158,11 +158,15 @@ def save_model_dir(out: Path, model, processor, note: str, seed: int) -> Path:
 
 
 def write_tiny(factory, out_dir: str | Path, corpus: Iterable[str], note: str, *, vocab_size: int = 2048,
-               seed: int = 0, tokenizer_args: dict | None = None, **sizes) -> Path:
+               seed: int = 0, tokenizer_args: dict | None = None, answers_in_words: bool = False, **sizes) -> Path:
     """A tiny random model of `factory` (tiny_llava, tiny_clip, ...) with a tokenizer trained on `corpus`, on disk;
-    `tokenizer_args`: train_tokenizer's, for a family with other special tokens than LLaVA's."""
+    `tokenizer_args`: train_tokenizer's, for a family with other special tokens than LLaVA's; `answers_in_words`:
+    its generation config set by `words_only` before it is saved."""
     out, tokenizer = start_tiny(out_dir, corpus, vocab_size, seed, **(tokenizer_args or {}))
-    return save_model_dir(out, *factory(tokenizer, **sizes), note=note, seed=seed)
+    model, processor = factory(tokenizer, **sizes)
+    if answers_in_words:
+        words_only(model, tokenizer)
+    return save_model_dir(out, model, processor, note=note, seed=seed)
 
 
 def random_llava(tokenizer: PreTrainedTokenizerFast, **sizes) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:

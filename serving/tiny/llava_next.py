@@ -26,7 +26,6 @@ from serving.tiny.llava import (
     generation_tokens,
     tiny_llama_config,
     tiny_vision_config,
-    words_only,
     write_tiny,
 )
 
@@ -67,14 +66,8 @@ def tiny_llava_next(
     return model, processor
 
 
-def random_llava_next(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_llava_next for tests: answers in words only, never empty (tiny.llava.words_only)."""
-    model, processor = tiny_llava_next(tokenizer, **sizes)
-    words_only(model, tokenizer)
-    return model, processor
-
 
 def build_tiny_llava_next(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random LLaVA-NeXT model directory and return its path; `sizes` are tiny_llava_next's."""
-    return write_tiny(random_llava_next, out_dir, corpus, "random weights: answers are junk by design", seed=seed,
-                      **sizes)
+    return write_tiny(tiny_llava_next, out_dir, corpus, "random weights: answers are junk by design", seed=seed,
+                      answers_in_words=True, **sizes)

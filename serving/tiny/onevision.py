@@ -22,7 +22,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from serving.tiny.llava import generation_tokens, words_only, write_tiny
+from serving.tiny.llava import generation_tokens, write_tiny
 
 # The template transformers' convert_llava_onevision_weights_to_hf.py writes into the llava-hf OneVision checkpoints
 # (llava-hf/llava-onevision-qwen2-0.5b-ov-hf and its siblings): Qwen's turns, images before the text.
@@ -91,15 +91,10 @@ def tiny_onevision(
     return model, processor
 
 
-def random_onevision(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_onevision for tests: answers in words only, never empty (tiny.llava.words_only)."""
-    model, processor = tiny_onevision(tokenizer, **sizes)
-    words_only(model, tokenizer)
-    return model, processor
-
 
 def build_tiny_onevision(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random LLaVA-OneVision model directory and return its path; `sizes` are tiny_onevision's."""
-    return write_tiny(random_onevision, out_dir, [*ONEVISION_CORPUS, *corpus],
+    return write_tiny(tiny_onevision, out_dir, [*ONEVISION_CORPUS, *corpus],
                       "random weights: answers are junk by design", seed=seed,
-                      tokenizer_args=dict(tokens=ONEVISION_TOKENS, more_special=["<|im_start|>"]), **sizes)
+                      tokenizer_args=dict(tokens=ONEVISION_TOKENS, more_special=["<|im_start|>"]),
+                      answers_in_words=True, **sizes)

@@ -19,7 +19,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from serving.tiny.llava import generation_tokens, words_only, write_tiny
+from serving.tiny.llava import generation_tokens, write_tiny
 
 # Qwen/Qwen2.5-VL-7B-Instruct's chat_template.json (the same text as Qwen2-VL-7B-Instruct's), as the hub model ships
 # it: a default system turn, images as <|vision_start|><|image_pad|><|vision_end|>, the answer after
@@ -96,14 +96,9 @@ def tiny_qwen2_5_vl(
     return model, processor
 
 
-def random_qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, **sizes):
-    """tiny_qwen2_5_vl for tests: answers in words only, never empty (tiny.llava.words_only)."""
-    model, processor = tiny_qwen2_5_vl(tokenizer, **sizes)
-    words_only(model, tokenizer)
-    return model, processor
-
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, corpus: Iterable[str] = (), *, seed: int = 0, **sizes) -> Path:
     """Write a tiny random Qwen2.5-VL model directory and return its path; `sizes` are tiny_qwen2_5_vl's."""
-    return write_tiny(random_qwen2_5_vl, out_dir, [*QWEN_CORPUS, *corpus], "random weights: answers are junk by design",
-                      seed=seed, tokenizer_args=dict(tokens=QWEN_TOKENS, more_special=["<|im_start|>"]), **sizes)
+    return write_tiny(tiny_qwen2_5_vl, out_dir, [*QWEN_CORPUS, *corpus], "random weights: answers are junk by design",
+                      seed=seed, tokenizer_args=dict(tokens=QWEN_TOKENS, more_special=["<|im_start|>"]),
+                      answers_in_words=True, **sizes)
